@@ -1,0 +1,93 @@
+//! `grade`: the grading command line. Exit codes: 0 passed, 1 graded but failed (below the simple
+//! baseline or over budget), 2 error (bad input, bad model, bad usage).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use gradekit::cli::{Cli, Command, OutputArgs, RuntimeArgs};
+use gradekit::report::ExtraReports;
+use gradekit::runtime::RuntimeOptions;
+use gradekit::spec::GraderSpec;
+use gradekit::tasks::{self, RunOptions};
+
+fn run_options(rt: Option<&RuntimeArgs>, out: &OutputArgs) -> Result<RunOptions> {
+    Ok(RunOptions {
+        runtime: rt
+            .map(|r| RuntimeOptions { backend: r.backend, device: r.device, threads: r.threads })
+            .unwrap_or_default(),
+        batch: rt.and_then(|r| r.batch).unwrap_or(0),
+        out: out.out.clone(),
+        force: out.force,
+        extra: ExtraReports { json: out.json.clone(), junit: out.junit.clone(), markdown: out.markdown.clone() },
+        meta: tasks::parse_meta(rt.map(|r| r.meta.as_slice()).unwrap_or(&[]))?,
+        budget: out.budget,
+        quiet: out.quiet,
+    })
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Dann { pair, model, data, split, resize, runtime, output } => {
+            let opts = run_options(Some(&runtime), &output)?;
+            let args = tasks::dann::DannArgs { pair, model, data, split, resize, spec: output.spec.clone() };
+            Ok(tasks::dann::run(&args, &opts)?.exit_code())
+        }
+        Command::Ddpm { model, classifier, sampler, steps, guidance, eta, clip, seed, runtime, output } => {
+            let opts = run_options(Some(&runtime), &output)?;
+            let args = tasks::ddpm::DdpmArgs { model, classifier, sampler, steps, guidance, eta, clip, seed, spec: output.spec.clone() };
+            Ok(tasks::ddpm::run(&args, &opts)?.exit_code())
+        }
+        Command::Digits { dir, classifier, resize, runtime, output } => {
+            let opts = run_options(Some(&runtime), &output)?;
+            Ok(tasks::digits::run(&dir, &classifier, resize, &opts)?.exit_code())
+        }
+        Command::Csv { predictions, labels, grader, output } => {
+            let opts = run_options(None, &output)?;
+            let args = tasks::csv_grade::CsvArgs { predictions, labels, grader, spec: output.spec.clone() };
+            Ok(tasks::csv_grade::run(&args, &opts)?.exit_code())
+        }
+        Command::Check { model, kind, runtime, json } => {
+            let opts = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads };
+            let meta = tasks::parse_meta(&runtime.meta)?;
+            let report = tasks::check::run(&model, kind, &meta, &opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(if report.ok { 0 } else { 2 })
+        }
+        Command::Graders => {
+            for name in GraderSpec::names() {
+                let s = GraderSpec::builtin(name)?;
+                let b: Vec<String> = s
+                    .baselines
+                    .iter()
+                    .map(|b| match b.strong {
+                        Some(st) => format!("{} simple {} strong {}", b.metric, b.simple, st),
+                        None => format!("{} simple {}", b.metric, b.simple),
+                    })
+                    .collect();
+                println!("{name:<18} budget {:>5.0}s  {}  ({})", s.budget.seconds, b.join("; "), s.title);
+            }
+            Ok(0)
+        }
+        Command::MakeFixtures { out } => {
+            gradekit::fixtures::make_all(&out)?;
+            println!("wrote fixtures under {}", out.display());
+            Ok(0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The `grade` command line (clap). Each subcommand maps to one module in `tasks/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::onnx::ModelKind;
+use crate::runtime::{BackendChoice, Device};
+use crate::tasks::dann::Pair;
+use crate::tasks::ddpm::SamplerArg;
+
+#[derive(Parser, Debug)]
+#[command(name = "grade", version, about = "Grade DLCV homework-2 models from ONNX files: exact, fast, reproducible", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Inference backend: auto picks ONNX Runtime when its library is installed, else tract.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Device: cuda needs ONNX Runtime with the CUDA provider and fails loudly without it.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// Threads for ONNX Runtime (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Images per inference batch (default: 256 for classifiers, the grader spec's for generators).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Model metadata to supply or override, KEY=VALUE (see graders/CONTRACT.md); repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Output folder (default: out/<grader>-<time>). Nothing is written outside it except --json/--junit/--markdown.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Reuse a non-empty output folder.
+    #[arg(long)]
+    pub force: bool,
+    /// Also write the JSON report here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also write a JUnit XML report here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Also write a Markdown summary here (e.g. a CI job summary file).
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Override the grader's time budget (e.g. 10m, 90s).
+    #[arg(long, value_parser = crate::budget::parse_budget)]
+    pub budget: Option<std::time::Duration>,
+    /// Grader spec file to use instead of the built-in one.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Grade a DANN model: predict the target split, write the course's CSV, score accuracy.
+    Dann {
+        /// Source -> target pair.
+        #[arg(long, value_enum)]
+        pair: Pair,
+        /// The model (image -> logits), see graders/CONTRACT.md.
+        #[arg(long)]
+        model: PathBuf,
+        /// Target digit folder (data/*.png + train.csv/val.csv); default from the grader spec.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Split to grade (default from the grader spec: val).
+        #[arg(long)]
+        split: Option<String>,
+        /// Resize images of another size instead of refusing them.
+        #[arg(long)]
+        resize: bool,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Grade a diffusion model: sample 100 digits per class within the budget and score them.
+    Ddpm {
+        /// The noise model (default: the bundled oracle fixture), see graders/CONTRACT.md.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The digit classifier that judges the images (default: the bundled fixture classifier).
+        #[arg(long)]
+        classifier: Option<PathBuf>,
+        /// Sampler (default from graders/ddpm.toml).
+        #[arg(long, value_enum)]
+        sampler: Option<SamplerArg>,
+        /// Sampling steps, or `auto`: the largest DDIM step count that fits the budget.
+        #[arg(long)]
+        steps: Option<String>,
+        /// Classifier-free guidance scale w (eps = uncond + w (cond - uncond)); default from the model.
+        #[arg(long)]
+        guidance: Option<f64>,
+        /// DDIM eta (0 = deterministic).
+        #[arg(long, default_value_t = 0.0)]
+        eta: f64,
+        /// Clip the predicted x0 to [-1, 1] at every step.
+        #[arg(long)]
+        clip: bool,
+        /// Seed of the initial noise.
+        #[arg(long)]
+        seed: Option<u64>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Score a folder of digit images like the course's digit_classifier.py (label = first character).
+    Digits {
+        dir: PathBuf,
+        /// The digit classifier.
+        #[arg(long)]
+        classifier: PathBuf,
+        /// Resize images that are not 28x28.
+        #[arg(long)]
+        resize: bool,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Grade an existing prediction CSV (image_name,label) against a label CSV.
+    Csv {
+        /// The predictions.
+        predictions: PathBuf,
+        /// The true labels (e.g. hw2_data/digits/usps/val.csv).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Grader whose baselines apply.
+        #[arg(long, default_value = "dann-mnistm-usps")]
+        grader: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Check a model against the contract and the backend before grading.
+    Check {
+        model: PathBuf,
+        #[arg(long, value_enum)]
+        kind: ModelKind,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the built-in graders with their budgets and baselines.
+    Graders,
+    /// Regenerate the committed fixtures (synthetic digits, small models).
+    #[command(hide = true)]
+    MakeFixtures {
+        #[arg(long, default_value = "fixtures")]
+        out: PathBuf,
+    },
+}

@@ -1,0 +1,418 @@
+//! DDPM (ancestral, in the exact form of dome272/Diffusion-Models-pytorch) and DDIM samplers
+//! for a class-conditional noise predictor, with classifier-free guidance.
+//!
+//! Conventions (see README.md for the reasoning):
+//! - timesteps are 0-based; the model is only ever called with t in 1..=T-1, as in training;
+//! - images are batch-major NCHW `f32`, in [-1, 1] after sampling;
+//! - guidance `w`: `eps = uncond + w * (cond - uncond)`; `w == 1` is conditional only,
+//!   `w == 0` unconditional only, anything else runs both in ONE batched model call;
+//! - noise for image `i` comes from its own ChaCha8 stream `(seed, first_image + i)`, so the
+//!   result does not depend on how a set of images is split into batches.
+
+use anyhow::{bail, ensure, Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use super::schedule::Schedule;
+
+/// A noise predictor `eps_theta(x_t, t, label)`.
+pub trait NoiseModel {
+    /// `x` is `shape = [N, C, H, W]` batch-major; `t` and `labels` have length N.
+    /// Must return N*C*H*W predicted noise values in the same layout.
+    fn predict(
+        &mut self,
+        x: &[f32],
+        shape: [usize; 4],
+        t: &[i64],
+        labels: &[i64],
+    ) -> Result<Vec<f32>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerKind {
+    /// Ancestral sampling over every timestep T-1..=1 with variance beta_t (dome272).
+    Ddpm,
+    /// DDIM over a subset of timesteps; `eta` in [0, 1] (0 = deterministic).
+    Ddim { eta: f64 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleConfig {
+    pub kind: SamplerKind,
+    /// DDPM: must be T-1. DDIM: number of timesteps visited, 1..=T-1.
+    pub steps: usize,
+    /// Classifier-free guidance scale `w` (see module docs).
+    pub guidance: f64,
+    /// Label value the model was trained to read as "no class".
+    pub null_label: i64,
+    /// Clamp the predicted x0 to [-1, 1] at every step (and make eps consistent with it).
+    pub clip_x0: bool,
+    pub seed: u64,
+    /// Global index of the first image of this batch: image `i` of the batch uses noise
+    /// stream `first_image + i`. Set it to the running count when splitting a job into batches.
+    pub first_image: u64,
+}
+
+/// What the observer is shown after each step. States are raw (not clamped).
+#[derive(Debug, Clone, Copy)]
+pub struct StepEvent<'a> {
+    /// 0-based index of the step just done.
+    pub step: usize,
+    pub total_steps: usize,
+    /// Timestep the model was called with; `x_t` is the state at this timestep.
+    pub t: usize,
+    /// Timestep of `x_next`: the next visited timestep, or 0 after the last step (clean image).
+    pub t_next: usize,
+    pub x_t: &'a [f32],
+    pub x_next: &'a [f32],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SampleOutcome {
+    /// All steps ran; images clamped to [-1, 1].
+    Finished(Vec<f32>),
+    /// The observer asked to stop before the last step. `x` is the raw state at the
+    /// timestep the last event called `t_next`.
+    Stopped { steps_done: usize, x: Vec<f32> },
+}
+
+impl SampleOutcome {
+    /// The finished images, or an error if sampling was stopped early.
+    pub fn finished(self) -> Result<Vec<f32>> {
+        match self {
+            SampleOutcome::Finished(x) => Ok(x),
+            SampleOutcome::Stopped { steps_done, .. } => {
+                bail!("sampling was stopped after {steps_done} steps")
+            }
+        }
+    }
+}
+
+/// The timesteps a sampler visits, in the order it visits them (descending).
+///
+/// - DDPM: every timestep `T-1, T-2, ..., 1`; `steps` must equal `T-1` (an error rather than
+///   silently ignoring a config value that would not mean what it says).
+/// - DDIM: `steps` values of `linspace(1, T-1, steps)` rounded half-up, descending; both
+///   endpoints are always included (one step uses just `T-1`). `steps <= T-1` keeps the
+///   spacing >= 1, so the rounded values are distinct.
+pub fn timesteps(kind: SamplerKind, steps: usize, t_total: usize) -> Result<Vec<usize>> {
+    ensure!(
+        t_total >= 2,
+        "schedule needs T >= 2 timesteps, got {t_total}"
+    );
+    let last = t_total - 1;
+    match kind {
+        SamplerKind::Ddpm => {
+            ensure!(
+                steps == last,
+                "DDPM visits every timestep: steps must be T-1 = {last}, got {steps}"
+            );
+            Ok((1..=last).rev().collect())
+        }
+        SamplerKind::Ddim { .. } => {
+            ensure!(
+                (1..=last).contains(&steps),
+                "DDIM steps must be in 1..={last} (T-1), got {steps}"
+            );
+            if steps == 1 {
+                return Ok(vec![last]);
+            }
+            // Integer round-half-up of k * (T-2) / (steps-1), so no float drift at the ends.
+            let span = (last - 1) as u128;
+            let den = (steps - 1) as u128;
+            Ok((0..steps as u128)
+                .rev()
+                .map(|k| 1 + ((2 * k * span + den) / (2 * den)) as usize)
+                .collect())
+        }
+    }
+}
+
+/// Sample one batch: `labels.len()` images of shape `shape_chw`.
+///
+/// `observer` runs after every step; returning `Control::Stop` ends sampling early with
+/// `SampleOutcome::Stopped` (a stop requested on the last step is just `Finished`).
+pub fn sample(
+    model: &mut dyn NoiseModel,
+    schedule: &Schedule,
+    cfg: &SampleConfig,
+    labels: &[i64],
+    shape_chw: [usize; 3],
+    observer: &mut dyn FnMut(StepEvent<'_>) -> Result<Control>,
+) -> Result<SampleOutcome> {
+    ensure!(
+        cfg.guidance.is_finite(),
+        "guidance scale must be finite, got {}",
+        cfg.guidance
+    );
+    if let SamplerKind::Ddim { eta } = cfg.kind {
+        // eta > 1 can make 1 - ab_prev - sigma^2 negative (no real DDIM update).
+        ensure!(
+            (0.0..=1.0).contains(&eta),
+            "DDIM eta must be in [0, 1], got {eta}"
+        );
+    }
+    let ts = timesteps(cfg.kind, cfg.steps, schedule.len())?;
+    let batch = labels.len();
+    ensure!(batch > 0, "no labels given: nothing to sample");
+    let [c, h, w] = shape_chw;
+    let chw = c
+        .checked_mul(h)
+        .and_then(|v| v.checked_mul(w))
+        .filter(|&v| v > 0)
+        .with_context(|| format!("invalid image shape {shape_chw:?}"))?;
+    // 2x for the batched cond+uncond call.
+    let n = batch
+        .checked_mul(chw)
+        .filter(|v| v.checked_mul(2).is_some())
+        .context("batch too large")?;
+    ensure!(
+        cfg.first_image.checked_add(batch as u64).is_some(),
+        "first_image {} + batch {batch} overflows u64",
+        cfg.first_image
+    );
+
+    let mut rngs: Vec<ChaCha8Rng> = (0..batch as u64)
+        .map(|i| image_rng(cfg.seed, cfg.first_image + i))
+        .collect();
+    let mut x = vec![0f32; n];
+    fill_normal(&mut rngs, &mut x, chw);
+    let mut next = vec![0f32; n];
+    let mut z = vec![0f32; n];
+
+    let (betas, alphas, abs) = (schedule.betas(), schedule.alphas(), schedule.alpha_bars());
+    let total = ts.len();
+    for (k, &t) in ts.iter().enumerate() {
+        let at = || format!("sampling failed at step {} of {total} (t={t})", k + 1);
+        let last = k + 1 == total;
+        let t_next = if last { 0 } else { ts[k + 1] };
+        let ab_t = abs[t];
+
+        let mut eps = guided_eps(model, &x, [batch, c, h, w], t, labels, cfg).with_context(at)?;
+        if cfg.clip_x0 {
+            clip_via_x0(&x, &mut eps, ab_t);
+        }
+
+        // x_next = a * x + b * eps + sigma * z, per element; both samplers fit this form.
+        let (a, b, sigma) = match cfg.kind {
+            SamplerKind::Ddpm => {
+                let coef = 1.0 / alphas[t].sqrt();
+                // dome272 adds no noise on the step that produces x_0 (t == 1).
+                let sigma = if t > 1 { betas[t].sqrt() } else { 0.0 };
+                (coef, -coef * betas[t] / (1.0 - ab_t).sqrt(), sigma)
+            }
+            SamplerKind::Ddim { eta } => {
+                // The last step jumps to alpha_bar = 1, i.e. returns the x0 prediction.
+                let ab_prev = if last { 1.0 } else { abs[t_next] };
+                let sigma =
+                    eta * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_prev).sqrt();
+                let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
+                // sqrt(ab_prev) * x0 + dir * eps with x0 = (x - sqrt(1-ab_t) eps) / sqrt(ab_t).
+                let r = (ab_prev / ab_t).sqrt();
+                (r, dir - r * (1.0 - ab_t).sqrt(), sigma)
+            }
+        };
+        // Draw only when noise is added; the decision depends on t alone, so every image's
+        // stream advances identically whatever the batch split.
+        if sigma > 0.0 {
+            fill_normal(&mut rngs, &mut z, chw);
+        }
+        for (((o, &xv), &e), &zv) in next.iter_mut().zip(&x).zip(&eps).zip(&z) {
+            let noise = if sigma > 0.0 { sigma * zv as f64 } else { 0.0 };
+            *o = (a * xv as f64 + b * e + noise) as f32;
+        }
+        if let Some(i) = next.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "{}: update produced non-finite x at batch item {}",
+                at(),
+                i / chw
+            );
+        }
+
+        let control = observer(StepEvent {
+            step: k,
+            total_steps: total,
+            t,
+            t_next,
+            x_t: &x,
+            x_next: &next,
+        })
+        .with_context(|| format!("observer failed at step {} of {total} (t={t})", k + 1))?;
+        std::mem::swap(&mut x, &mut next);
+        if control == Control::Stop && !last {
+            return Ok(SampleOutcome::Stopped {
+                steps_done: k + 1,
+                x,
+            });
+        }
+    }
+    for v in &mut x {
+        *v = v.clamp(-1.0, 1.0);
+    }
+    Ok(SampleOutcome::Finished(x))
+}
+
+/// Pixel value as the reference saves it: clamp to [-1, 1], `(x + 1) / 2 * 255` in f32, then
+/// truncate like `.type(torch.uint8)`. NaN maps to 0 (Rust's saturating cast).
+pub fn to_u8(x: f32) -> u8 {
+    ((x.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0) as u8
+}
+
+/// A frame kept by [`Snapshots`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// The timestep asked for.
+    pub wanted: usize,
+    /// The timestep of the state kept: the first visited one at or below `wanted`.
+    pub t: usize,
+    pub x: Vec<f32>,
+}
+
+/// Observer helper that keeps copies of the reverse process at chosen timesteps, e.g.
+/// `[999, 800, 600, 400, 200, 0]` (0 = the final, unclamped image).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshots {
+    pending: Vec<usize>,
+    frames: Vec<Frame>,
+}
+
+impl Snapshots {
+    pub fn new(wanted: &[usize]) -> Self {
+        Self {
+            pending: wanted.to_vec(),
+            frames: Vec::new(),
+        }
+    }
+
+    /// Feed every event; states are seen in descending t, so the first state at or below a
+    /// wanted time is the closest one the sampler actually visited.
+    pub fn observe(&mut self, ev: &StepEvent<'_>) {
+        for (t, x) in [(ev.t, ev.x_t), (ev.t_next, ev.x_next)] {
+            let frames = &mut self.frames;
+            self.pending.retain(|&wanted| {
+                if t <= wanted {
+                    frames.push(Frame {
+                        wanted,
+                        t,
+                        x: x.to_vec(),
+                    });
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+
+    /// Frames in the order they were taken (descending t).
+    pub fn frames(&self) -> &[Frame] {
+        &self.frames
+    }
+}
+
+fn image_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    // Same key for the whole job, one 64-bit ChaCha stream per image: independent sequences
+    // that do not depend on which batch an image lands in.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(index);
+    rng
+}
+
+fn fill_normal(rngs: &mut [ChaCha8Rng], out: &mut [f32], chw: usize) {
+    for (rng, img) in rngs.iter_mut().zip(out.chunks_exact_mut(chw)) {
+        for v in img {
+            *v = rng.sample(StandardNormal);
+        }
+    }
+}
+
+/// Noise prediction with guidance, widened to f64 for the update arithmetic.
+fn guided_eps(
+    model: &mut dyn NoiseModel,
+    x: &[f32],
+    shape: [usize; 4],
+    t: usize,
+    labels: &[i64],
+    cfg: &SampleConfig,
+) -> Result<Vec<f64>> {
+    let batch = shape[0];
+    let nulls = vec![cfg.null_label; batch];
+    let w = cfg.guidance;
+    let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect();
+    if w == 1.0 {
+        return call_model(model, x, shape, t, labels).map(widen);
+    }
+    if w == 0.0 {
+        return call_model(model, x, shape, t, &nulls).map(widen);
+    }
+    // One call on [x; x] with [labels; nulls]: half the model invocations of two passes.
+    let mut xx = Vec::with_capacity(2 * x.len());
+    xx.extend_from_slice(x);
+    xx.extend_from_slice(x);
+    let mut ll = labels.to_vec();
+    ll.extend_from_slice(&nulls);
+    let out = call_model(
+        model,
+        &xx,
+        [2 * batch, shape[1], shape[2], shape[3]],
+        t,
+        &ll,
+    )?;
+    let (cond, uncond) = out.split_at(x.len());
+    // Same f32 arithmetic as torch.lerp(uncond, cond, w).
+    let w = w as f32;
+    Ok(cond
+        .iter()
+        .zip(uncond)
+        .map(|(&c, &u)| f64::from(u + w * (c - u)))
+        .collect())
+}
+
+fn call_model(
+    model: &mut dyn NoiseModel,
+    x: &[f32],
+    shape: [usize; 4],
+    t: usize,
+    labels: &[i64],
+) -> Result<Vec<f32>> {
+    let t = i64::try_from(t).context("timestep does not fit in i64")?;
+    let ts = vec![t; shape[0]];
+    let out = model
+        .predict(x, shape, &ts, labels)
+        .context("noise model call failed")?;
+    ensure!(
+        out.len() == x.len(),
+        "noise model returned {} values, expected {} for shape {shape:?}",
+        out.len(),
+        x.len()
+    );
+    if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        let per = x.len() / shape[0];
+        bail!(
+            "noise model returned {} at batch item {} (label {}), element {}",
+            out[i],
+            i / per,
+            labels[i / per],
+            i % per
+        );
+    }
+    Ok(out)
+}
+
+/// Clamp the implied x0 to [-1, 1], then rewrite eps so that (x0, eps) still reproduce x_t
+/// exactly. Both samplers then use the adjusted eps, so clipping means the same for both.
+fn clip_via_x0(x: &[f32], eps: &mut [f64], ab_t: f64) {
+    let (sa, s1a) = (ab_t.sqrt(), (1.0 - ab_t).sqrt());
+    for (e, &xv) in eps.iter_mut().zip(x) {
+        let xv = f64::from(xv);
+        let x0 = ((xv - s1a * *e) / sa).clamp(-1.0, 1.0);
+        *e = (xv - sa * x0) / s1a;
+    }
+}

@@ -1,0 +1,177 @@
+//! Grading reports: one `Report` value rendered as a terminal table, JSON (every number), JUnit XML
+//! (for CI systems) and Markdown (for a CI job summary). Files are written atomically.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::runtime::EngineInfo;
+use crate::spec::{GraderSpec, Verdict};
+
+pub mod output_dir;
+mod render;
+
+pub use output_dir::OutputDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Every baseline metric reached at least the simple baseline, within the budget.
+    Passed,
+    /// Graded, but below the simple baseline.
+    Failed,
+    /// The time budget ran out; the numbers cover only what was done.
+    OverBudget,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricRow {
+    pub name: String,
+    /// `None`: not computed (the report says why in `notes`).
+    pub value: Option<f64>,
+    pub simple: Option<f64>,
+    pub strong: Option<f64>,
+    pub higher_is_better: bool,
+    pub verdict: Option<Verdict>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tool: String,
+    pub tool_version: String,
+    pub grader: GraderSpec,
+    pub status: Status,
+    pub metrics: Vec<MetricRow>,
+    pub engine: Option<EngineInfo>,
+    /// What was graded: model, data folder, split, flags.
+    pub inputs: BTreeMap<String, String>,
+    /// Seconds per phase.
+    pub timings: BTreeMap<String, f64>,
+    pub counts: BTreeMap<String, u64>,
+    /// Task-specific detail (per-class accuracy, confusion matrix, ...).
+    pub details: serde_json::Value,
+    pub notes: Vec<String>,
+    pub versions: BTreeMap<String, String>,
+}
+
+impl Report {
+    pub fn new(grader: &GraderSpec) -> Report {
+        let mut versions = BTreeMap::new();
+        versions.insert("gradekit".into(), env!("CARGO_PKG_VERSION").into());
+        versions.insert("tract-onnx".into(), "0.23.9".into());
+        versions.insert("ort".into(), "2.0.0-rc.15".into());
+        Report {
+            tool: "gradekit".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            grader: grader.clone(),
+            status: Status::Passed,
+            metrics: vec![],
+            engine: None,
+            inputs: BTreeMap::new(),
+            timings: BTreeMap::new(),
+            counts: BTreeMap::new(),
+            details: serde_json::Value::Null,
+            notes: vec![],
+            versions,
+        }
+    }
+
+    /// Adds a metric, judged against the grader's baseline of the same name when it has one.
+    pub fn metric(&mut self, name: &str, value: Option<f64>) {
+        let b = self.grader.baseline(name).cloned();
+        self.metrics.push(MetricRow {
+            name: name.into(),
+            value,
+            simple: b.as_ref().map(|b| b.simple),
+            strong: b.as_ref().and_then(|b| b.strong),
+            higher_is_better: b.as_ref().map(|b| b.higher_is_better).unwrap_or(true),
+            verdict: b.map(|b| b.verdict(value)),
+        });
+    }
+
+    /// Sets the status from the verdicts (an over-budget run stays over budget).
+    pub fn settle(&mut self) {
+        if self.status == Status::OverBudget {
+            return;
+        }
+        let below = self.metrics.iter().any(|m| matches!(m.verdict, Some(Verdict::Below) | Some(Verdict::NotComputed)));
+        self.status = if below { Status::Failed } else { Status::Passed };
+    }
+
+    /// The process exit code: 0 passed, 1 failed or over budget (2 is kept for errors).
+    pub fn exit_code(&self) -> i32 {
+        match self.status {
+            Status::Passed => 0,
+            _ => 1,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serialises")
+    }
+
+    pub fn to_table(&self) -> String {
+        render::table(self)
+    }
+
+    pub fn to_markdown(&self) -> String {
+        render::markdown(self)
+    }
+
+    pub fn to_junit(&self) -> Result<String> {
+        render::junit(self)
+    }
+
+    /// Writes report.json, junit.xml and summary.md into `out`, plus any extra paths asked for.
+    pub fn write_all(&self, out: &OutputDir, extra: &ExtraReports) -> Result<Vec<PathBuf>> {
+        let json = self.to_json();
+        let junit = self.to_junit()?;
+        let md = self.to_markdown();
+        let mut written = vec![
+            out.write("report.json", json.as_bytes())?,
+            out.write("junit.xml", junit.as_bytes())?,
+            out.write("summary.md", md.as_bytes())?,
+        ];
+        for (path, body) in [(&extra.json, &json), (&extra.junit, &junit), (&extra.markdown, &md)] {
+            if let Some(p) = path {
+                write_atomic(p, body.as_bytes())?;
+                written.push(p.clone());
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Report copies the user asked for explicitly (`--json`, `--junit`, `--markdown`).
+#[derive(Debug, Clone, Default)]
+pub struct ExtraReports {
+    pub json: Option<PathBuf>,
+    pub junit: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
+}
+
+/// Writes `bytes` to `path` via a temporary file in the same folder and a rename, so a reader never
+/// sees half a file and a crash never leaves one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("cannot write {}: folder {} does not exist", path.display(), dir.display());
+    }
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write into {}", dir.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    // tempfile creates 0600 files; reports and images are meant to be shared.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).ok();
+    }
+    tmp.as_file().sync_all().ok();
+    tmp.persist(path).map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
+}

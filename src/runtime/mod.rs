@@ -1,0 +1,136 @@
+//! One inference interface, two backends: tract (pure Rust, always available) and ONNX Runtime
+//! (loaded at run time from the library `scripts/install-onnxruntime.sh` installs, CPU or CUDA).
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::onnx::ModelFile;
+
+pub mod ort_backend;
+pub mod tract_backend;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// ONNX Runtime when its library is found, tract otherwise.
+    #[default]
+    Auto,
+    Tract,
+    Ort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    pub backend: BackendChoice,
+    pub device: Device,
+    /// Intra-op threads for ONNX Runtime (tract runs on one thread). `None`: all cores.
+    pub threads: Option<usize>,
+}
+
+/// What ran: every report carries it.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineInfo {
+    pub backend: &'static str,
+    pub device: Device,
+    pub version: String,
+    /// For ONNX Runtime: the library file that was loaded.
+    pub library: Option<String>,
+}
+
+impl std::fmt::Display for EngineInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dev = match self.device {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        };
+        write!(f, "{} {} ({dev})", self.backend, self.version)
+    }
+}
+
+pub enum InputData<'a> {
+    F32(&'a [f32]),
+    I64(&'a [i64]),
+}
+
+pub struct Input<'a> {
+    pub name: &'a str,
+    pub shape: Vec<usize>,
+    pub data: InputData<'a>,
+}
+
+impl<'a> Input<'a> {
+    pub fn f32(name: &'a str, shape: &[usize], data: &'a [f32]) -> Self {
+        Input { name, shape: shape.to_vec(), data: InputData::F32(data) }
+    }
+    pub fn i64(name: &'a str, shape: &[usize], data: &'a [i64]) -> Self {
+        Input { name, shape: shape.to_vec(), data: InputData::I64(data) }
+    }
+    fn len(&self) -> usize {
+        match self.data {
+            InputData::F32(d) => d.len(),
+            InputData::I64(d) => d.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A loaded model ready to run batches.
+pub trait Engine: Send {
+    /// Runs the model and returns the f32 output `output`.
+    fn run(&mut self, inputs: &[Input], output: &str) -> Result<Output>;
+    fn info(&self) -> &EngineInfo;
+}
+
+/// Opens `model` with the backend the options ask for.
+pub fn open(model: &ModelFile, opts: &RuntimeOptions) -> Result<Box<dyn Engine>> {
+    let backend = match (opts.backend, opts.device) {
+        (BackendChoice::Tract, Device::Cuda) => {
+            bail!("--device cuda needs ONNX Runtime; tract runs on the CPU only (use --backend ort or auto)")
+        }
+        (BackendChoice::Auto, Device::Cuda) => BackendChoice::Ort,
+        (BackendChoice::Auto, Device::Cpu) => {
+            if ort_backend::find_library().is_some() {
+                BackendChoice::Ort
+            } else {
+                BackendChoice::Tract
+            }
+        }
+        (b, _) => b,
+    };
+    match backend {
+        BackendChoice::Ort => Ok(Box::new(ort_backend::OrtEngine::open(model, opts)?)),
+        _ => Ok(Box::new(tract_backend::TractEngine::open(model)?)),
+    }
+}
+
+/// Checks the inputs' sizes against their shapes before any backend sees them.
+fn check_inputs(inputs: &[Input]) -> Result<()> {
+    for i in inputs {
+        let n: usize = i.shape.iter().product();
+        if n != i.len() {
+            bail!("input {}: shape {:?} needs {n} values, got {}", i.name, i.shape, i.len());
+        }
+    }
+    Ok(())
+}
+
+/// Validates a model's output against the shape the caller expects, naming the model on failure.
+pub fn expect_shape(out: &Output, want: &[usize], model: &str) -> Result<()> {
+    if out.shape != want {
+        bail!("{model}: output has shape {:?}, expected {:?}", out.shape, want);
+    }
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! `grade ddpm`: sample 100 digits per class from a noise model within the time budget, save them as
+//! the course names them (`0_001.png` ... `9_100.png`), and score them with the digit classifier.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use image::RgbImage;
+
+use super::classify::Classifier;
+use super::RunOptions;
+use crate::budget::Deadline;
+use crate::diffusion::{self, Control, NoiseModel, SampleConfig, SampleOutcome, SamplerKind, Schedule};
+use crate::metrics::accuracy::AccuracyCounter;
+use crate::onnx::{Contract, ModelFile, ModelKind, ModelLimits};
+use crate::pictures;
+use crate::report::{OutputDir, Report, Status};
+use crate::runtime::{self, Engine, Input};
+use crate::spec::GraderSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SamplerArg {
+    Ddpm,
+    Ddim,
+}
+
+pub struct DdpmArgs {
+    pub model: Option<PathBuf>,
+    pub classifier: Option<PathBuf>,
+    pub sampler: Option<SamplerArg>,
+    /// A number, or "auto": the largest DDIM step count that fits the budget.
+    pub steps: Option<String>,
+    pub guidance: Option<f64>,
+    pub eta: f64,
+    pub clip: bool,
+    pub seed: Option<u64>,
+    pub spec: Option<PathBuf>,
+}
+
+/// The timesteps shown in the reverse-process figure (1-based, as in the seed report), and the
+/// 0-based sampler states they map to (t = 1000 is the starting noise, t = 1 the final image).
+const PROCESS_T: [usize; 8] = [1000, 800, 600, 400, 200, 100, 50, 1];
+
+/// A noise model behind the contract, counting evaluations.
+pub struct NoiseEngine {
+    engine: Box<dyn Engine>,
+    contract: Contract,
+    name: String,
+    pub evals: u64,
+}
+
+impl NoiseEngine {
+    pub fn open(path: &Path, opts: &RunOptions) -> Result<(NoiseEngine, Schedule)> {
+        let file = ModelFile::open(path, &ModelLimits::default())?;
+        let contract = Contract::resolve(&file, ModelKind::Noise, &opts.meta);
+        contract.ensure_ok(&file)?;
+        let schedule = Schedule::new(
+            contract.meta("schedule")?,
+            contract.meta_f64("beta_start")?,
+            contract.meta_f64("beta_end")?,
+            contract.meta_i64("timesteps")?.try_into().map_err(|_| anyhow!("metadata timesteps must be positive"))?,
+        )
+        .with_context(|| format!("noise schedule of {}", path.display()))?;
+        let engine = runtime::open(&file, &opts.runtime)?;
+        Ok((NoiseEngine { engine, contract, name: path.display().to_string(), evals: 0 }, schedule))
+    }
+
+    pub fn engine_info(&self) -> &runtime::EngineInfo {
+        self.engine.info()
+    }
+
+    pub fn contract(&self) -> &Contract {
+        &self.contract
+    }
+}
+
+impl NoiseModel for NoiseEngine {
+    fn predict(&mut self, x: &[f32], shape: [usize; 4], t: &[i64], labels: &[i64]) -> Result<Vec<f32>> {
+        let [n, c, h, w] = shape;
+        let chw = c * h * w;
+        let step = self.contract.fixed_batch.unwrap_or(n).max(1);
+        let mut out = Vec::with_capacity(n * chw);
+        let names = &self.contract.inputs;
+        for start in (0..n).step_by(step) {
+            let end = (start + step).min(n);
+            // A model with a fixed batch gets padded calls; padding rows are dropped.
+            let b = self.contract.fixed_batch.unwrap_or(end - start);
+            let mut xb = x[start * chw..end * chw].to_vec();
+            xb.resize(b * chw, 0.0);
+            let mut tb = t[start..end].to_vec();
+            tb.resize(b, t[start]);
+            let mut lb = labels[start..end].to_vec();
+            lb.resize(b, labels[start]);
+            let res = self.engine.run(
+                &[Input::f32(&names[0], &[b, c, h, w], &xb), Input::i64(&names[1], &[b], &tb), Input::i64(&names[2], &[b], &lb)],
+                &self.contract.output,
+            )?;
+            runtime::expect_shape(&res, &[b, c, h, w], &self.name)?;
+            out.extend_from_slice(&res.data[..(end - start) * chw]);
+        }
+        self.evals += n as u64;
+        Ok(out)
+    }
+}
+
+fn rel_or_root(p: &str) -> PathBuf {
+    let rel = PathBuf::from(p);
+    if rel.exists() {
+        return rel;
+    }
+    // Defaults name the project's fixtures; resolve them from the source tree when run elsewhere.
+    let alt = Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
+    if alt.exists() {
+        alt
+    } else {
+        rel
+    }
+}
+
+pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
+    let spec = GraderSpec::load("ddpm", args.spec.as_deref())?;
+    let deadline = Deadline::start(opts.budget.unwrap_or(spec.budget()));
+    let per_class = spec.data_int("images_per_class")? as usize;
+    let classes = spec.data_int("num_classes")? as usize;
+    let size = spec.data_int("image_size")? as usize;
+    let s = &spec.sampling;
+    let model_path = args.model.clone().unwrap_or_else(|| rel_or_root(s.get("model").and_then(|v| v.as_str()).unwrap_or("")));
+    let clf_path =
+        args.classifier.clone().unwrap_or_else(|| rel_or_root(s.get("classifier").and_then(|v| v.as_str()).unwrap_or("")));
+    let sampler = args.sampler.unwrap_or(match s.get("sampler").and_then(|v| v.as_str()) {
+        Some("ddpm") => SamplerArg::Ddpm,
+        _ => SamplerArg::Ddim,
+    });
+    let steps_arg = args.steps.clone().unwrap_or_else(|| s.get("steps").and_then(|v| v.as_str()).unwrap_or("auto").to_string());
+    let seed = args.seed.unwrap_or(s.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64);
+    let batch = if opts.batch > 0 { opts.batch } else { s.get("batch").and_then(|v| v.as_integer()).unwrap_or(100) as usize };
+
+    let (mut noise, schedule) = NoiseEngine::open(&model_path, opts)?;
+    let guidance = match args.guidance {
+        Some(g) => g,
+        None => noise.contract().meta_f64("guidance_scale")?,
+    };
+    let null_label = if guidance != 1.0 {
+        noise.contract().meta_i64("null_label").context("classifier-free guidance needs the model's null label")?
+    } else {
+        noise.contract().meta_i64("null_label").unwrap_or(-1)
+    };
+    let mut clf = Classifier::open(&clf_path, &Default::default(), &opts.runtime, 256)?;
+    let out = opts.out_dir(&spec.name)?;
+    let t_total = schedule.len();
+
+    let mut report = Report::new(&spec);
+    report.engine = Some(noise.engine_info().clone());
+    report.inputs.insert("model".into(), model_path.display().to_string());
+    report.inputs.insert("classifier".into(), clf_path.display().to_string());
+    report.inputs.insert("out".into(), out.root().display().to_string());
+    for f in noise.contract().findings.iter().filter(|f| f.level != crate::onnx::contract::Level::Info) {
+        report.notes.push(f.message.clone());
+    }
+
+    // Warm-up: time one batched model call (the second one: the first includes plan building).
+    let calls_per_step = if guidance == 1.0 || guidance == 0.0 { 1 } else { 2 };
+    let per_call = {
+        let n = batch.min(per_class * classes) * calls_per_step;
+        let x = vec![0.1f32; n * 3 * size * size];
+        let t = vec![(t_total / 2) as i64; n];
+        let l = vec![0i64; n];
+        noise.predict(&x, [n, 3, size, size], &t, &l)?;
+        let t0 = Instant::now();
+        noise.predict(&x, [n, 3, size, size], &t, &l)?;
+        noise.evals = 0;
+        t0.elapsed()
+    };
+    let total_images = per_class * classes;
+    let batches_per_class = per_class.div_ceil(batch);
+    let n_calls_per_step = (classes * batches_per_class) as f64;
+    let left = deadline.remaining();
+    let predict = |steps: usize| per_call.mul_f64(n_calls_per_step * steps as f64);
+    // Keep 10% of what is left for saving, scoring and a slower core.
+    let usable = left.mul_f64(0.9);
+    let fitting = ((usable.as_secs_f64() / (n_calls_per_step * per_call.as_secs_f64().max(1e-9))) as usize).min(t_total - 1);
+
+    let (kind, steps) = match (sampler, steps_arg.as_str()) {
+        (SamplerArg::Ddpm, "auto") | (SamplerArg::Ddpm, _) => (SamplerKind::Ddpm, t_total - 1),
+        (SamplerArg::Ddim, "auto") => {
+            if fitting == 0 {
+                return fail_fast(report, &out, opts, format!(
+                    "not even one DDIM step fits: one step for {total_images} images takes ~{:.1} s, {:.1} s are left of the {:.0} s budget. Use a faster backend (--backend ort) or a larger --budget",
+                    predict(1).as_secs_f64(), left.as_secs_f64(), deadline.budget().as_secs_f64()));
+            }
+            (SamplerKind::Ddim { eta: args.eta }, fitting)
+        }
+        (SamplerArg::Ddim, n) => {
+            let n: usize = n.parse().map_err(|_| anyhow!("--steps {n:?}: expected a number or auto"))?;
+            (SamplerKind::Ddim { eta: args.eta }, n)
+        }
+    };
+    if steps_arg != "auto" || kind == SamplerKind::Ddpm {
+        let need = predict(steps);
+        if need > usable {
+            return fail_fast(report, &out, opts, format!(
+                "{} with {steps} steps would take ~{:.0} s for {total_images} images ({:.3} s per batch of {batch}), but the budget leaves {:.0} s. \
+                 Use --sampler ddim --steps {} (the most that fits), --steps auto, a faster backend, or a larger --budget",
+                match kind { SamplerKind::Ddpm => "DDPM", _ => "DDIM" }, need.as_secs_f64(), per_call.as_secs_f64(), left.as_secs_f64(), fitting.max(1)));
+        }
+    }
+    let visited = diffusion::timesteps(kind, steps, t_total)?;
+    report.details = serde_json::json!({
+        "sampler": match kind { SamplerKind::Ddpm => "ddpm".to_string(), SamplerKind::Ddim { eta } => format!("ddim(eta={eta})") },
+        "steps": visited.len(),
+        "steps_auto": steps_arg == "auto" && kind != SamplerKind::Ddpm,
+        "guidance": guidance,
+        "null_label": null_label,
+        "seed": seed,
+        "predicted_seconds": predict(visited.len()).as_secs_f64(),
+    });
+
+    // Generation.
+    let images_dir = out.subdir("images")?;
+    let wanted: Vec<usize> = PROCESS_T.iter().map(|t| t - 1).collect();
+    let mut process_rows: Vec<Vec<RgbImage>> = vec![];
+    let mut generated: Vec<(String, u8, RgbImage)> = Vec::with_capacity(total_images);
+    let pb = crate::progress::bar((total_images * visited.len()) as u64, "sampling");
+    if opts.quiet {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let t_gen = Instant::now();
+    let mut stopped = false;
+    'classes: for d in 0..classes {
+        for b in 0..batches_per_class {
+            let first = b * batch;
+            let n = batch.min(per_class - first);
+            let labels = vec![d as i64; n];
+            let cfg = SampleConfig {
+                kind,
+                steps: visited.len(),
+                guidance,
+                null_label,
+                clip_x0: args.clip,
+                seed,
+                first_image: (d * per_class + first) as u64,
+            };
+            let mut frames: Vec<RgbImage> = vec![];
+            let keep_process = b == 0;
+            let chw = 3 * size * size;
+            let mut observer = |ev: diffusion::StepEvent<'_>| -> Result<Control> {
+                if keep_process {
+                    // The state before the first step is t = 1000 (pure noise).
+                    if ev.step == 0 && wanted.contains(&(t_total - 1)) {
+                        frames.push(pictures::chw_to_rgb(&ev.x_t[..chw], size as u32, size as u32, diffusion::to_u8));
+                    }
+                    for &w in &wanted {
+                        if w < t_total - 1 && ev.t > w && ev.t_next <= w {
+                            frames.push(pictures::chw_to_rgb(&ev.x_next[..chw], size as u32, size as u32, diffusion::to_u8));
+                        }
+                    }
+                }
+                pb.inc(n as u64);
+                Ok(if deadline.exceeded() { Control::Stop } else { Control::Continue })
+            };
+            let outcome = diffusion::sample(&mut noise, &schedule, &cfg, &labels, [3, size, size], &mut observer)?;
+            if keep_process {
+                process_rows.push(frames);
+            }
+            match outcome {
+                SampleOutcome::Finished(x) => {
+                    for (i, img) in x.chunks(chw).enumerate() {
+                        let rgb = pictures::chw_to_rgb(img, size as u32, size as u32, diffusion::to_u8);
+                        generated.push((format!("{d}_{:03}.png", first + i + 1), d as u8, rgb));
+                    }
+                }
+                SampleOutcome::Stopped { steps_done, .. } => {
+                    stopped = true;
+                    report.notes.push(format!(
+                        "stopped at the {:.0} s budget during digit {d} after {steps_done} of {} steps; {} of {total_images} images were finished",
+                        deadline.budget().as_secs_f64(),
+                        visited.len(),
+                        generated.len()
+                    ));
+                    break 'classes;
+                }
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let gen_s = t_gen.elapsed().as_secs_f64();
+    let evals = noise.evals;
+
+    // Save PNGs (parallel: PNG encoding is the slow part).
+    let t_save = Instant::now();
+    {
+        use rayon::prelude::*;
+        generated.par_iter().try_for_each(|(name, _, img)| -> Result<()> {
+            crate::report::write_atomic(&images_dir.join(name), &pictures::png_bytes(img)?)
+        })?;
+    }
+    let save_s = t_save.elapsed().as_secs_f64();
+
+    // Score with the classifier: label = first character of the file name.
+    let t_score = Instant::now();
+    let mut counter = AccuracyCounter::new(10);
+    let imgs: Vec<RgbImage> = generated.iter().map(|g| g.2.clone()).collect();
+    for (chunk, meta) in imgs.chunks(256).zip(generated.chunks(256)) {
+        for (p, (_, d, _)) in clf.predict(chunk)?.into_iter().zip(meta) {
+            counter.add(*d, p);
+        }
+    }
+    let score_s = t_score.elapsed().as_secs_f64();
+    let acc = counter.finish();
+
+    // Pictures.
+    if !generated.is_empty() {
+        let per_row = 10.min(per_class);
+        let grid_imgs: Vec<RgbImage> = (0..classes)
+            .flat_map(|d| generated.iter().filter(move |g| g.1 as usize == d).take(per_row).map(|g| g.2.clone()))
+            .collect();
+        out.write("grid.png", &pictures::png_bytes(&pictures::grid(&grid_imgs, per_row, 2, 2))?)?;
+    }
+    let process: Vec<RgbImage> = process_rows.into_iter().filter(|r| r.len() == PROCESS_T.len()).flatten().collect();
+    if !process.is_empty() {
+        out.write("process.png", &pictures::png_bytes(&pictures::grid(&process, PROCESS_T.len(), 2, 2))?)?;
+    }
+
+    if stopped {
+        report.status = Status::OverBudget;
+    }
+    report.metric("accuracy", (acc.total > 0).then_some(acc.accuracy));
+    report.counts.insert("images".into(), generated.len() as u64);
+    report.counts.insert("images_expected".into(), total_images as u64);
+    report.counts.insert("noise_model_evaluations".into(), evals);
+    report.counts.insert("invalid_classifier_outputs".into(), acc.invalid);
+    report.timings.insert("generate".into(), gen_s);
+    report.timings.insert("save".into(), save_s);
+    report.timings.insert("score".into(), score_s);
+    report.timings.insert("total".into(), deadline.elapsed().as_secs_f64());
+    report.timings.insert("images_per_second".into(), generated.len() as f64 / gen_s.max(1e-9));
+    report.timings.insert("evaluations_per_second".into(), evals as f64 / gen_s.max(1e-9));
+    if let serde_json::Value::Object(m) = &mut report.details {
+        m.insert("per_digit_accuracy".into(), serde_json::json!(acc.per_class));
+        m.insert("confusion".into(), serde_json::json!(acc.confusion));
+    }
+    report.settle();
+    report.write_all(&out, &opts.extra)?;
+    if !opts.quiet {
+        println!("{}", report.to_table());
+        println!(
+            "sampler {} with {} steps, guidance {guidance}, seed {seed}: {:.1} images/s, {:.0} noise-model evaluations/s",
+            report.details["sampler"].as_str().unwrap_or("?"),
+            visited.len(),
+            generated.len() as f64 / gen_s.max(1e-9),
+            evals as f64 / gen_s.max(1e-9)
+        );
+        for (d, a) in acc.per_class.iter().enumerate() {
+            println!("  digit {d}: {}", a.map(|a| format!("{a:.3}")).unwrap_or_else(|| "-".into()));
+        }
+        println!("wrote {} (images/, grid.png, process.png, report.json, junit.xml, summary.md)", out.root().display());
+    }
+    Ok(report)
+}
+
+/// A run that cannot fit its budget stops before generating, with the partial report written.
+fn fail_fast(mut report: Report, out: &OutputDir, opts: &RunOptions, why: String) -> Result<Report> {
+    report.status = Status::OverBudget;
+    report.notes.push(why.clone());
+    report.metric("accuracy", None);
+    report.write_all(out, &opts.extra)?;
+    if !opts.quiet {
+        println!("{}", report.to_table());
+    }
+    eprintln!("error: {why}");
+    Ok(report)
+}
+

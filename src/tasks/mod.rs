@@ -1,0 +1,58 @@
+//! The graders and tools behind each `grade` subcommand, one module each.
+
+pub mod check;
+pub mod classify;
+pub mod csv_grade;
+pub mod dann;
+pub mod ddpm;
+pub mod digits;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use crate::report::ExtraReports;
+use crate::runtime::RuntimeOptions;
+
+/// Options every grading run shares.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub runtime: RuntimeOptions,
+    pub batch: usize,
+    /// Output folder; `None`: `out/<grader>-<time>`.
+    pub out: Option<PathBuf>,
+    pub force: bool,
+    pub extra: ExtraReports,
+    /// Metadata supplied on the command line (`--meta key=value`), overriding the model's.
+    pub meta: BTreeMap<String, String>,
+    /// Overrides the grader's time budget.
+    pub budget: Option<std::time::Duration>,
+    pub quiet: bool,
+}
+
+impl RunOptions {
+    pub fn out_dir(&self, grader: &str) -> Result<crate::report::OutputDir> {
+        let path = match &self.out {
+            Some(p) => p.clone(),
+            None => {
+                let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "-");
+                PathBuf::from("out").join(format!("{grader}-{stamp}"))
+            }
+        };
+        crate::report::OutputDir::create(&path, self.force)
+    }
+}
+
+/// Parses `key=value` pairs from `--meta`.
+pub fn parse_meta(pairs: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut m = BTreeMap::new();
+    for p in pairs {
+        let Some((k, v)) = p.split_once('=') else { bail!("--meta {p:?}: expected KEY=VALUE") };
+        if k.trim().is_empty() {
+            bail!("--meta {p:?}: empty key");
+        }
+        m.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(m)
+}

@@ -1,0 +1,270 @@
+//! Every kind of bad input gets a clear error naming the file, exit code 2, and no panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{copy_dir, fixture, grade};
+use gradekit::onnx::writer::{self, Attr, Dim, Elem, GraphBuilder};
+use prost::Message;
+use tract_onnx::pb;
+
+/// Runs `grade dann` on `model` and `data` and returns stderr, asserting exit 2 and no panic.
+fn dann_error(dir: &Path, model: &Path, data: &Path, extra: &[&str]) -> String {
+    let out = grade(dir)
+        .args(["dann", "--pair", "mnistm-usps", "--backend", "tract", "--out"])
+        .arg(dir.join("out"))
+        .arg("--model")
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn classifier_like(input_dims: &[Dim], elem: Elem) -> pb::ModelProto {
+    let mut g = GraphBuilder::new("bad");
+    let x = g.input("image", elem, input_dims);
+    let f = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
+    let w = g.weight("w", &[10, 784], &vec![0.01; 7840]);
+    let y = g.node("Gemm", &[&f, &w], &[Attr::Int("transB", 1)]);
+    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+    g.build()
+}
+
+#[test]
+fn bad_model_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = fixture("digits/usps");
+    let good = writer::to_bytes(&gradekit::fixtures::lenet_random(1));
+
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (d.join("missing.onnx"), "cannot read model"),
+        (write(d, "empty.onnx", b""), "is empty"),
+        (write(d, "random.onnx", &(0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>()), "not a readable ONNX model"),
+        (write(d, "truncated.onnx", &good[..good.len() / 2]), "not a readable ONNX model"),
+        (write(d, "tensor.onnx", &pb::TensorProto { name: "x".into(), dims: vec![3], ..Default::default() }.encode_to_vec()), "not a readable ONNX model"),
+        (write(d, "graphless.onnx", &pb::ModelProto { ir_version: 8, producer_name: "x".into(), ..Default::default() }.encode_to_vec()), "no graph"),
+        (d.to_path_buf(), "is not a file"),
+    ];
+    for (path, want) in cases {
+        let err = dann_error(d, &path, &data, &[]);
+        assert!(err.contains(want), "{}: {err}", path.display());
+        assert!(err.contains(path.file_name().unwrap().to_str().unwrap()), "error does not name the file: {err}");
+    }
+}
+
+#[test]
+fn models_that_break_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let data = fixture("digits/usps");
+    let save = |name: &str, m: &pb::ModelProto| {
+        let p = d.join(name);
+        writer::save(m, &p).unwrap();
+        p
+    };
+    let n = Dim::Symbol("N");
+    let one_channel = save("one-channel.onnx", &classifier_like(&[n.clone(), Dim::Fixed(1), Dim::Fixed(28), Dim::Fixed(28)], Elem::F32));
+    assert!(dann_error(d, &one_channel, &data, &[]).contains("[N, 3, 28, 28]"));
+    let int_input = save("int.onnx", &classifier_like(&[n.clone(), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)], Elem::I64));
+    assert!(dann_error(d, &int_input, &data, &[]).contains("type int64"));
+
+    // Two inputs where one is expected.
+    let mut two = classifier_like(&[n.clone(), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)], Elem::F32);
+    let extra = two.graph.as_ref().unwrap().input[0].clone();
+    two.graph.as_mut().unwrap().input.push(pb::ValueInfoProto { name: "other".into(), ..extra });
+    assert!(dann_error(d, &save("two.onnx", &two), &data, &[]).contains("expected 1 input(s)"));
+
+    // An operator no runtime knows.
+    let mut g = GraphBuilder::new("custom");
+    let x = g.input("image", Elem::F32, &[n.clone(), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)]);
+    let y = g.node("MagicOp", &[&x], &[]);
+    g.output("logits", &y, Elem::F32, &[n.clone(), Dim::Fixed(10)]);
+    let mut m = g.build();
+    m.graph.as_mut().unwrap().node.last_mut().unwrap().domain = "com.example".into();
+    m.graph.as_mut().unwrap().node.first_mut().unwrap().domain = "com.example".into();
+    let custom = save("custom.onnx", &m);
+    let err = dann_error(d, &custom, &data, &[]);
+    assert!(err.contains("MagicOp"), "{err}");
+    let check = grade(d).args(["check", "--kind", "classifier", "--backend", "tract"]).arg(&custom).output().unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("MagicOp"));
+
+    // Weights in an external file: refused, whatever the path says.
+    let mut ext = classifier_like(&[n.clone(), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)], Elem::F32);
+    let w = &mut ext.graph.as_mut().unwrap().initializer[0];
+    w.raw_data.clear();
+    w.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+    w.external_data = vec![pb::StringStringEntryProto { key: "location".into(), value: "../../etc/passwd".into() }];
+    assert!(dann_error(d, &save("external.onnx", &ext), &data, &[]).contains("external file"));
+
+    // A weight declaring 2^40 elements is refused before anything is allocated.
+    let mut huge = classifier_like(&[n.clone(), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)], Elem::F32);
+    let w = &mut huge.graph.as_mut().unwrap().initializer[0];
+    w.dims = vec![1 << 20, 1 << 20];
+    assert!(dann_error(d, &save("huge.onnx", &huge), &data, &[]).contains("over the limit"));
+
+    // Declared input dimensions beyond the limit.
+    let big_input = save("big-input.onnx", &classifier_like(&[n, Dim::Fixed(3), Dim::Fixed(1 << 20), Dim::Fixed(1 << 20)], Elem::F32));
+    assert!(dann_error(d, &big_input, &data, &[]).contains("refused before allocating"));
+}
+
+#[test]
+fn nan_outputs_are_counted_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // logits = (x . w) * 0 / 0 -> NaN for every image.
+    let mut g = GraphBuilder::new("nan");
+    let x = g.input("image", Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)]);
+    let f = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
+    let w = g.weight("w", &[10, 2352], &vec![0.0; 23520]);
+    let y = g.node("Gemm", &[&f, &w], &[Attr::Int("transB", 1)]);
+    let zero = g.weight("zero", &[1], &[0.0]);
+    let y = g.node("Div", &[&y, &zero], &[]);
+    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+    let p = d.join("nan.onnx");
+    writer::save(&g.build(), &p).unwrap();
+    let out = grade(d)
+        .args(["dann", "--pair", "mnistm-usps", "--backend", "tract", "--out", "o"])
+        .arg("--model")
+        .arg(&p)
+        .arg("--data")
+        .arg(fixture("digits/usps"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = common::read_json(&d.join("o/report.json"));
+    assert_eq!(r["counts"]["invalid_outputs"], 200);
+    assert_eq!(r["metrics"][0]["value"], 0.0);
+    assert!(r["notes"].to_string().contains("NaN/Inf"));
+    assert!(std::fs::read_to_string(d.join("o/pred.csv")).unwrap().contains(",-1\n"));
+}
+
+#[test]
+fn bad_data_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let model = fixture("models/digit-template.onnx");
+    let fresh = |name: &str| {
+        let p = d.join(name);
+        copy_dir(&fixture("digits/usps"), &p);
+        p
+    };
+
+    assert!(dann_error(d, &model, &d.join("nowhere"), &[]).contains("data folder"));
+
+    let no_csv = fresh("no-csv");
+    std::fs::remove_file(no_csv.join("val.csv")).unwrap();
+    assert!(dann_error(d, &model, &no_csv, &[]).contains("val.csv not found"));
+
+    let bad_row = fresh("bad-row");
+    let mut csv = std::fs::read_to_string(bad_row.join("val.csv")).unwrap();
+    csv.push_str("00999.png,eleven\n");
+    std::fs::write(bad_row.join("val.csv"), csv).unwrap();
+    let err = dann_error(d, &model, &bad_row, &[]);
+    assert!(err.contains("line 202") && err.contains("val.csv"), "{err}");
+
+    let missing = fresh("missing");
+    std::fs::remove_file(missing.join("data/00150.png")).unwrap();
+    assert!(dann_error(d, &model, &missing, &[]).contains("00150.png (line 52)"));
+
+    let corrupt = fresh("corrupt");
+    let png = corrupt.join("data/00100.png");
+    let bytes = std::fs::read(&png).unwrap();
+    std::fs::write(&png, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(dann_error(d, &model, &corrupt, &[]).contains("00100.png"));
+
+    let text = fresh("text");
+    std::fs::write(text.join("data/00101.png"), b"this is not an image").unwrap();
+    let err = dann_error(d, &model, &text, &[]);
+    assert!(err.contains("00101.png") && err.contains("not an image"), "{err}");
+
+    // A wrong size is an error unless --resize asks for resizing.
+    let sized = fresh("sized");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([9, 9, 9])).save(sized.join("data/00102.png")).unwrap();
+    assert!(dann_error(d, &model, &sized, &[]).contains("--resize"));
+    grade(d)
+        .args(["dann", "--pair", "mnistm-usps", "--backend", "tract", "--resize", "--out", "resized"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--data")
+        .arg(&sized)
+        .assert()
+        .success();
+
+    // Dimensions beyond the decoder limit are refused (decompression bombs).
+    let wide = fresh("wide");
+    image::GrayImage::new(5000, 1).save(wide.join("data/00103.png")).unwrap();
+    assert!(dann_error(d, &model, &wide, &["--resize"]).contains("00103.png"));
+}
+
+#[test]
+fn existing_output_folder_needs_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("out")).unwrap();
+    std::fs::write(d.join("out/keep.txt"), b"precious").unwrap();
+    let err = dann_error(d, &fixture("models/digit-template.onnx"), &fixture("digits/usps"), &[]);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(d.join("out/keep.txt")).unwrap(), b"precious");
+}
+
+#[test]
+fn csv_grading_names_bad_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let labels = write(d, "labels.csv", b"image_name,label\na.png,1\nb.png,2\nc.png,3\n");
+    let run = |pred: &[u8]| {
+        let p = write(d, "pred.csv", pred);
+        let out = grade(d).arg("csv").arg(&p).arg("--labels").arg(&labels).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (code, err, _) = run(b"image_name,label\na.png,1\nb.png,2\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("missing predictions for 1 image(s): c.png"), "{err}");
+    let (code, err, _) = run(b"image_name,label\na.png,1\nb.png,2\nc.png,3\nz.png,0\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not in the labels: z.png"), "{err}");
+    let (code, err, _) = run(b"image_name,label\na.png,1\na.png,2\nc.png,3\n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("a.png appears twice"), "{err}");
+    // BOM + CRLF + all right: 2 of 3 correct is below the 0.76 baseline -> exit 1.
+    let (code, _, out) = run(b"\xEF\xBB\xBFimage_name,label\r\na.png,1\r\nb.png,2\r\nc.png,0\r\n");
+    assert_eq!(code, Some(1));
+    assert!(out.contains("0.6667"), "{out}");
+}
+
+#[test]
+fn ort_backend_reports_missing_library_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = grade(tmp.path())
+        .env("ORT_DYLIB_PATH", tmp.path().join("nope.so"))
+        .args(["check", "--kind", "classifier", "--backend", "ort"])
+        .arg(fixture("models/lenet-random.onnx"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ORT_DYLIB_PATH") && text.contains("nope.so"), "{text}");
+    // CUDA cannot be used through tract: a clear refusal, not a silent CPU run.
+    let out = grade(tmp.path())
+        .args(["check", "--kind", "classifier", "--backend", "tract", "--device", "cuda"])
+        .arg(fixture("models/lenet-random.onnx"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--device cuda needs ONNX Runtime"));
+}
