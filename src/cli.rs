@@ -113,6 +113,9 @@ pub enum Command {
         /// Seed of the initial noise.
         #[arg(long)]
         seed: Option<u64>,
+        /// Start even if the run is predicted to overrun the budget; stop at the budget with a partial report.
+        #[arg(long)]
+        keep_going: bool,
         #[command(flatten)]
         runtime: RuntimeArgs,
         #[command(flatten)]

@@ -33,9 +33,9 @@ fn run(cli: Cli) -> Result<i32> {
             let args = tasks::dann::DannArgs { pair, model, data, split, resize, spec: output.spec.clone() };
             Ok(tasks::dann::run(&args, &opts)?.exit_code())
         }
-        Command::Ddpm { model, classifier, sampler, steps, guidance, eta, clip, seed, runtime, output } => {
+        Command::Ddpm { model, classifier, sampler, steps, guidance, eta, clip, seed, keep_going, runtime, output } => {
             let opts = run_options(Some(&runtime), &output)?;
-            let args = tasks::ddpm::DdpmArgs { model, classifier, sampler, steps, guidance, eta, clip, seed, spec: output.spec.clone() };
+            let args = tasks::ddpm::DdpmArgs { model, classifier, sampler, steps, guidance, eta, clip, seed, keep_going, spec: output.spec.clone() };
             Ok(tasks::ddpm::run(&args, &opts)?.exit_code())
         }
         Command::Digits { dir, classifier, resize, runtime, output } => {

@@ -34,6 +34,8 @@ pub struct DdpmArgs {
     pub eta: f64,
     pub clip: bool,
     pub seed: Option<u64>,
+    /// Start even when the estimate says the run cannot fit; stop at the budget with a partial report.
+    pub keep_going: bool,
     pub spec: Option<PathBuf>,
 }
 
@@ -158,18 +160,26 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         report.notes.push(f.message.clone());
     }
 
-    // Warm-up: time one batched model call (the second one: the first includes plan building).
-    let calls_per_step = if guidance == 1.0 || guidance == 0.0 { 1 } else { 2 };
+    // Warm-up: a short real sampling run on a full batch, so the estimate includes the sampler's own
+    // work (noise draws, updates) and guidance's doubled batch. The first call builds the plan.
     let per_call = {
-        let n = batch.min(per_class * classes) * calls_per_step;
-        let x = vec![0.1f32; n * 3 * size * size];
-        let t = vec![(t_total / 2) as i64; n];
-        let l = vec![0i64; n];
-        noise.predict(&x, [n, 3, size, size], &t, &l)?;
+        let n = batch.min(per_class * classes);
+        let labels = vec![0i64; n];
+        let cfg = SampleConfig {
+            kind: SamplerKind::Ddim { eta: 1.0 },
+            steps: 2,
+            guidance,
+            null_label,
+            clip_x0: args.clip,
+            seed,
+            first_image: 0,
+        };
+        let mut quiet = |_: diffusion::StepEvent<'_>| -> Result<Control> { Ok(Control::Continue) };
+        diffusion::sample(&mut noise, &schedule, &SampleConfig { steps: 1, ..cfg.clone() }, &labels, [3, size, size], &mut quiet)?;
         let t0 = Instant::now();
-        noise.predict(&x, [n, 3, size, size], &t, &l)?;
+        diffusion::sample(&mut noise, &schedule, &cfg, &labels, [3, size, size], &mut quiet)?;
         noise.evals = 0;
-        t0.elapsed()
+        t0.elapsed() / 2
     };
     let total_images = per_class * classes;
     let batches_per_class = per_class.div_ceil(batch);
@@ -195,7 +205,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
             (SamplerKind::Ddim { eta: args.eta }, n)
         }
     };
-    if steps_arg != "auto" || kind == SamplerKind::Ddpm {
+    if !args.keep_going && (steps_arg != "auto" || kind == SamplerKind::Ddpm) {
         let need = predict(steps);
         if need > usable {
             return fail_fast(report, &out, opts, format!(

@@ -1,0 +1,231 @@
+//! `grade ddpm` and `grade digits` end to end on the fixture noise models: names, counts, shapes,
+//! determinism, the oracle, the budget paths and the step counts of each sampler.
+
+mod common;
+
+use std::path::Path;
+
+use common::{fixture, grade, read_json};
+use predicates::str::contains;
+
+/// A grader spec like graders/ddpm.toml but with `per_class` images per digit, so runs stay short.
+fn small_spec(dir: &Path, per_class: usize) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(common::root().join("graders/ddpm.toml"))
+        .unwrap()
+        .replace("images_per_class = 100", &format!("images_per_class = {per_class}"));
+    let p = dir.join(format!("ddpm-{per_class}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn ddpm(dir: &Path) -> assert_cmd::Command {
+    let mut c = grade(dir);
+    c.arg("ddpm").arg("--classifier").arg(fixture("models/digit-template.onnx"));
+    c
+}
+
+fn png_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn full_run_writes_1000_named_digits_and_the_oracle_scores_perfectly() {
+    common::ort_library();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut outputs = vec![];
+    for backend in ["tract", "ort"] {
+        ddpm(tmp.path())
+            .arg("--model")
+            .arg(fixture("models/noise-oracle.onnx"))
+            .args(["--backend", backend, "--sampler", "ddim", "--steps", "10", "--budget", "15m", "--out", backend])
+            .assert()
+            .success()
+            .stdout(contains("PASSED"))
+            .stdout(contains("evaluations/s"));
+        let out = tmp.path().join(backend);
+        let names = png_names(&out.join("images"));
+        assert_eq!(names.len(), 1000);
+        assert_eq!(names[0], "0_001.png");
+        assert_eq!(names[99], "0_100.png");
+        assert_eq!(names[999], "9_100.png");
+        let img = image::open(out.join("images/3_042.png")).unwrap();
+        assert_eq!((img.width(), img.height(), img.color()), (28, 28, image::ColorType::Rgb8));
+        let r = read_json(&out.join("report.json"));
+        // DDIM with eta = 0 and the exact-noise oracle lands on the oracle's targets, which the
+        // fixture classifier reads perfectly.
+        assert_eq!(r["metrics"][0]["value"], 1.0);
+        assert_eq!(r["details"]["steps"], 10);
+        assert_eq!(r["counts"]["noise_model_evaluations"], 10_000);
+        assert_eq!(r["engine"]["backend"], backend);
+        for pic in ["grid.png", "process.png"] {
+            let p = image::open(out.join(pic)).unwrap();
+            assert!(p.width() > 200 && p.height() > 200, "{pic} too small");
+        }
+        outputs.push(out);
+    }
+    // The folder mode scores the same images to the same accuracy.
+    grade(tmp.path())
+        .arg("digits")
+        .arg(outputs[0].join("images"))
+        .arg("--classifier")
+        .arg(fixture("models/digit-template.onnx"))
+        .args(["--backend", "tract", "--json", "digits.json"])
+        .assert()
+        .success();
+    assert_eq!(read_json(&tmp.path().join("digits.json"))["metrics"][0]["value"], 1.0);
+}
+
+#[test]
+fn oracle_images_equal_the_targets_after_ddim() {
+    // The oracle's targets are the synthetic digits; DDIM (eta = 0) must reproduce them to the byte
+    // up to the float rounding of uint8 conversion.
+    let tmp = tempfile::tempdir().unwrap();
+    ddpm(tmp.path())
+        .arg("--model")
+        .arg(fixture("models/noise-oracle.onnx"))
+        .arg("--spec")
+        .arg(small_spec(tmp.path(), 2))
+        .args(["--backend", "tract", "--steps", "50", "--out", "o"])
+        .assert()
+        .success();
+    let targets = gradekit::fixtures::oracle_targets();
+    for d in 0..10usize {
+        let img = image::open(tmp.path().join(format!("o/images/{d}_001.png"))).unwrap().to_rgb8();
+        let mut max_diff = 0i32;
+        for (i, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                let want = ((targets[d][c * 784 + i] + 1.0) / 2.0 * 255.0).round() as i32;
+                max_diff = max_diff.max((px[c] as i32 - want).abs());
+            }
+        }
+        assert!(max_diff <= 1, "digit {d}: differs from the oracle target by {max_diff} levels");
+    }
+}
+
+#[test]
+fn same_seed_same_bytes_other_seed_other_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = small_spec(tmp.path(), 3);
+    let run = |seed: &str, out: &str| {
+        ddpm(tmp.path())
+            .arg("--model")
+            .arg(fixture("models/noise-conv.onnx"))
+            .arg("--spec")
+            .arg(&spec)
+            .args(["--backend", "tract", "--sampler", "ddim", "--eta", "1", "--steps", "5", "--seed", seed, "--out", out])
+            .assert()
+            .code(predicates::function::function(|c: &i32| *c == 0 || *c == 1));
+        let dir = tmp.path().join(out).join("images");
+        png_names(&dir).into_iter().map(|n| std::fs::read(dir.join(n)).unwrap()).collect::<Vec<_>>()
+    };
+    let a = run("7", "a");
+    let b = run("7", "b");
+    let c = run("8", "c");
+    assert_eq!(a.len(), 30);
+    assert!(a == b, "same seed gave different PNG bytes");
+    assert!(a != c, "different seeds gave identical images");
+}
+
+#[test]
+fn step_counts_of_each_sampler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = small_spec(tmp.path(), 1);
+    let evals = |extra: &[&str], out: &str| -> u64 {
+        ddpm(tmp.path())
+            .arg("--model")
+            .arg(fixture("models/noise-oracle.onnx"))
+            .arg("--spec")
+            .arg(&spec)
+            .args(["--backend", "tract", "--out", out])
+            .args(extra)
+            .assert()
+            .success();
+        read_json(&tmp.path().join(out).join("report.json"))["counts"]["noise_model_evaluations"].as_u64().unwrap()
+    };
+    // DDPM visits every timestep T-1..=1: 999 evaluations per image.
+    assert_eq!(evals(&["--sampler", "ddpm"], "ddpm"), 10 * 999);
+    assert_eq!(evals(&["--sampler", "ddim", "--steps", "25"], "ddim"), 10 * 25);
+    // Guidance batches the conditional and unconditional passes: two evaluations per image and step.
+    assert_eq!(evals(&["--sampler", "ddim", "--steps", "25", "--guidance", "3"], "cfg"), 10 * 25 * 2);
+    let r = read_json(&tmp.path().join("cfg/report.json"));
+    assert_eq!(r["details"]["guidance"], 3.0);
+    assert_eq!(r["details"]["null_label"], 10);
+}
+
+#[test]
+fn a_run_that_cannot_fit_fails_fast_with_a_partial_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ddpm(tmp.path())
+        .arg("--model")
+        .arg(fixture("models/noise-conv.onnx"))
+        .args(["--backend", "tract", "--sampler", "ddpm", "--budget", "3s", "--out", "o"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("would take") && stderr.contains("--steps"), "{stderr}");
+    let r = read_json(&tmp.path().join("o/report.json"));
+    assert_eq!(r["status"], "over-budget");
+    assert_eq!(r["metrics"][0]["verdict"], "not-computed");
+    assert!(!tmp.path().join("o/images").exists(), "nothing should be generated");
+}
+
+#[test]
+fn auto_steps_fit_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    ddpm(tmp.path())
+        .arg("--model")
+        .arg(fixture("models/noise-conv.onnx"))
+        .arg("--spec")
+        .arg(small_spec(tmp.path(), 5))
+        .args(["--backend", "tract", "--steps", "auto", "--budget", "8s", "--out", "o"])
+        .assert()
+        .code(predicates::function::function(|c: &i32| *c == 0 || *c == 1));
+    let r = read_json(&tmp.path().join("o/report.json"));
+    assert_eq!(r["details"]["steps_auto"], true);
+    let steps = r["details"]["steps"].as_u64().unwrap();
+    assert!((1..=999).contains(&steps), "auto picked {steps} steps");
+    assert_ne!(r["status"], "over-budget", "auto steps overran: {}", r["notes"]);
+    assert!(started.elapsed().as_secs_f64() < 8.0 + 5.0, "took {:?}", started.elapsed());
+}
+
+#[test]
+fn keep_going_stops_at_the_budget_and_keeps_what_was_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    ddpm(tmp.path())
+        .arg("--model")
+        .arg(fixture("models/noise-conv.onnx"))
+        .args(["--backend", "tract", "--sampler", "ddpm", "--budget", "4s", "--keep-going", "--out", "o"])
+        .assert()
+        .code(1)
+        .stdout(contains("OVER BUDGET"));
+    let elapsed = started.elapsed().as_secs_f64();
+    let r = read_json(&tmp.path().join("o/report.json"));
+    assert_eq!(r["status"], "over-budget");
+    assert!(r["counts"]["images"].as_u64().unwrap() < 1000);
+    assert!(r["notes"].to_string().contains("stopped at the 4 s budget"), "{}", r["notes"]);
+    // Stopped within one batch step of the budget (plus start-up and the partial report).
+    assert!(elapsed < 4.0 + 6.0, "took {elapsed} s");
+}
+
+#[test]
+fn digits_folder_rejects_unlabelled_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("imgs");
+    std::fs::create_dir_all(&d).unwrap();
+    image::RgbImage::new(28, 28).save(d.join("3_001.png")).unwrap();
+    image::RgbImage::new(28, 28).save(d.join("x_002.png")).unwrap();
+    let out = grade(tmp.path())
+        .arg("digits")
+        .arg(&d)
+        .arg("--classifier")
+        .arg(fixture("models/digit-template.onnx"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("x_002.png (name does not start with a digit)"));
+}
