@@ -39,8 +39,13 @@ pub fn load_rgb(path: &Path, limits: &ImageLimits) -> Result<RgbImage> {
         bail!("image {} is {} bytes, over the {}-byte limit", path.display(), meta.len(), limits.max_file_bytes);
     }
     let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    decode_rgb(&bytes, path, limits)
+}
+
+/// Decodes image bytes (named `path` in errors) under the same limits. Public for the fuzz target.
+pub fn decode_rgb(bytes: &[u8], path: &Path, limits: &ImageLimits) -> Result<RgbImage> {
     // Trust the content, not the extension: a text file named .png is not an image.
-    let format = image::guess_format(&bytes)
+    let format = image::guess_format(bytes)
         .map_err(|_| anyhow::anyhow!("{} is not an image (its content is not PNG, JPEG or BMP)", path.display()))?;
     let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut l = image::Limits::default();

@@ -35,8 +35,9 @@ pub fn unsupported_ops(model: &InferenceModel) -> Vec<String> {
 impl TractEngine {
     pub fn open(file: &ModelFile) -> Result<Self> {
         let path = file.path.display().to_string();
-        let model = tract_onnx::onnx()
-            .model_for_proto_model(&file.proto)
+        // A hostile file must not take the grader down: a panic inside tract becomes an error.
+        let model = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tract_onnx::onnx().model_for_proto_model(&file.proto)))
+            .map_err(|_| anyhow!("tract crashed while loading {path}; the model is malformed (try --backend ort for its diagnosis)"))?
             .map_err(|e| anyhow!("tract cannot load {path}: {e:#}"))?;
         let bad = unsupported_ops(&model);
         if !bad.is_empty() {
@@ -77,9 +78,8 @@ impl TractEngine {
             };
             m.set_input_fact(ix, InferenceFact::dt_shape(dt, i.shape.clone()))?;
         }
-        let plan = m
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
+        let plan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.into_optimized().and_then(|m| m.into_runnable())))
+            .map_err(|_| anyhow!("tract crashed preparing {} for input shapes {shapes:?}; the model is malformed", self.path))?
             .map_err(|e| anyhow!("tract cannot prepare {} for input shapes {shapes:?}: {e:#}", self.path))?;
         // Keep the cache small: a grader uses two or three shapes; anything else is a caller bug.
         if self.plans.len() > 8 {
@@ -118,7 +118,9 @@ impl Engine for TractEngine {
             };
             values.push(t.into());
         }
-        let outs = plan.run(values).map_err(|e| anyhow!("tract failed running {}: {e:#}", self.path))?;
+        let outs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.run(values)))
+            .map_err(|_| anyhow!("tract crashed running {}; the model is malformed", self.path))?
+            .map_err(|e| anyhow!("tract failed running {}: {e:#}", self.path))?;
         let t = outs.get(out_ix).context("tract returned fewer outputs than the model declares")?;
         let t = t.cast_to::<f32>().map_err(|e| anyhow!("{}: output '{output}' is not numeric: {e}", self.path))?;
         Ok(Output { shape: t.shape().to_vec(), data: t.to_plain_array_view::<f32>()?.iter().copied().collect() })
