@@ -159,6 +159,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a PyTorch .pth checkpoint of a known architecture to an ONNX model the graders accept.
+    Convert {
+        #[arg(value_enum)]
+        kind: crate::tasks::convert::ConvertKind,
+        /// The .pth file (torch.save of a state_dict, or a dict holding one).
+        pth: PathBuf,
+        /// Output ONNX file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Key of the state_dict inside the checkpoint (auto-detected when there is one).
+        #[arg(long)]
+        key: Option<String>,
+    },
     /// List the built-in graders with their budgets and baselines.
     Graders,
     /// Regenerate the committed fixtures (synthetic digits, small models).

@@ -133,34 +133,9 @@ fn gaussian(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
 }
 
 /// The course's LeNet digit classifier (digit_classifier.py) with seeded random weights, exported to
-/// the classifier contract. Weight names follow a PyTorch `state_dict` of that network.
+/// the classifier contract from the one definition in `nn::lenet`.
 pub fn lenet_random(seed: u64) -> ModelProto {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut g = GraphBuilder::new("lenet");
-    let x = g.input("image", Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)]);
-    let conv = |g: &mut GraphBuilder, x: &str, name: &str, cin: usize, cout: usize, rng: &mut ChaCha8Rng| {
-        let w = g.weight(&format!("{name}.weight"), &[cout, cin, 5, 5], &gaussian(rng, cout * cin * 25, (1.0 / (cin * 25) as f32).sqrt()));
-        let b = g.weight(&format!("{name}.bias"), &[cout], &gaussian(rng, cout, 0.1));
-        let y = g.node("Conv", &[x, &w, &b], &[Attr::Ints("kernel_shape", vec![5, 5])]);
-        let y = g.node("Relu", &[&y], &[]);
-        g.node("MaxPool", &[&y], &[Attr::Ints("kernel_shape", vec![2, 2]), Attr::Ints("strides", vec![2, 2])])
-    };
-    let y = conv(&mut g, &x, "conv1.0", 3, 6, &mut rng);
-    let y = conv(&mut g, &y, "conv2.0", 6, 16, &mut rng);
-    let mut y = g.node("Flatten", &[&y], &[Attr::Int("axis", 1)]);
-    for (i, (fin, fout)) in [(256, 128), (128, 64), (64, 10)].into_iter().enumerate() {
-        let w = g.weight(&format!("fc.{}.weight", i * 2), &[fout, fin], &gaussian(&mut rng, fin * fout, (1.0 / fin as f32).sqrt()));
-        let b = g.weight(&format!("fc.{}.bias", i * 2), &[fout], &gaussian(&mut rng, fout, 0.1));
-        y = g.node("Gemm", &[&y, &w, &b], &[Attr::Int("transB", 1)]);
-        if i < 2 {
-            y = g.node("Relu", &[&y], &[]);
-        }
-    }
-    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
-    g.metadata("kind", "classifier");
-    g.metadata("input_mean", "0.5,0.5,0.5");
-    g.metadata("input_std", "0.5,0.5,0.5");
-    g.build()
+    crate::nn::lenet::to_onnx(&mut crate::nn::weights::SeededInit::new(seed)).expect("seeded weights always fit")
 }
 
 /// A nearest-centroid classifier that really works on the synthetic digits: grey = mean of channels,

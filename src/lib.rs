@@ -6,11 +6,13 @@
 //! JUnit, Markdown), `spec` (graders/*.toml), `tasks` (one module per `grade` subcommand).
 
 pub mod budget;
+pub mod checkpoint;
 pub mod cli;
 pub mod data;
 pub mod diffusion;
 pub mod fixtures;
 pub mod metrics;
+pub mod nn;
 pub mod onnx;
 pub mod pictures;
 pub mod progress;

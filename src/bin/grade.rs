@@ -58,6 +58,14 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(if report.ok { 0 } else { 2 })
         }
+        Command::Convert { kind, pth, output, key } => {
+            let unused = tasks::convert::run(kind, &pth, key.as_deref(), &output)?;
+            println!("wrote {}", output.display());
+            if !unused.is_empty() {
+                println!("note: {} tensor(s) of the checkpoint are not part of the model: {}", unused.len(), unused.join(", "));
+            }
+            Ok(0)
+        }
         Command::Graders => {
             for name in GraderSpec::names() {
                 let s = GraderSpec::builtin(name)?;

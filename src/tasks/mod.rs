@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod classify;
+pub mod convert;
 pub mod csv_grade;
 pub mod dann;
 pub mod ddpm;

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# PyTorch + pytorch-fid in a venv (.mldeps/torch), for the parity tests that compare gradekit with the
+# official tools (pytorch-fid's InceptionV3 and Frechet distance, torch.save checkpoints).
+# Large (~2.6 GB download from PyPI); grading never needs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.mldeps/torch
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch, pytorch_fid" 2>/dev/null; then
+  echo "torch venv ready: $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"; exit 0
+fi
+python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.13.0 torchvision==0.28.0 pytorch-fid==0.3.0 scipy
+"$VENV/bin/python" -c "import torch, pytorch_fid; print('torch venv ready:', torch.__version__)"
