@@ -121,6 +121,54 @@ pub enum Command {
         #[command(flatten)]
         output: OutputArgs,
     },
+    /// Grade a GAN generator: 1000 faces from seeded latents, FID/KID against the reference, face accuracy.
+    Gan {
+        /// The generator (latent -> image), see graders/CONTRACT.md.
+        #[arg(long)]
+        model: PathBuf,
+        /// Reference faces: a folder, or a .npz from `grade fid-stats` (default from graders/gan.toml).
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// The FID Inception model made by `grade convert inception` (or GRADEKIT_INCEPTION).
+        #[arg(long)]
+        inception: Option<PathBuf>,
+        /// Seed of the latents.
+        #[arg(long)]
+        seed: Option<u64>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// FID (and KID) between two folders, or a folder and a .npz, like `python -m pytorch_fid A B`.
+    Fid {
+        a: PathBuf,
+        b: PathBuf,
+        #[arg(long)]
+        inception: Option<PathBuf>,
+        /// Also write the numbers as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Reference statistics of a folder as pytorch-fid's .npz (mu, sigma), computed once and reused.
+    FidStats {
+        dir: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        inception: Option<PathBuf>,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Face accuracy of a folder with the course's rule (exactly one face counts).
+    Faces {
+        dir: PathBuf,
+        /// Also write the counts as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Score a folder of digit images like the course's digit_classifier.py (label = first character).
     Digits {
         dir: PathBuf,

@@ -219,6 +219,9 @@ pub fn make_all(root: &Path) -> Result<()> {
     crate::onnx::writer::save(&template_classifier(&train), &root.join("models/digit-template.onnx"))?;
     crate::onnx::writer::save(&oracle_noise_model(&oracle_targets()), &root.join("models/noise-oracle.onnx"))?;
     crate::onnx::writer::save(&conv_noise_model(5, 16), &root.join("models/noise-conv.onnx"))?;
+    // The seed's DCGAN generator at width 8 (the report's is 64) with seeded weights.
+    let g = crate::nn::dcgan::to_onnx(&mut crate::nn::weights::SeededInit::new(11), 8)?;
+    crate::onnx::writer::save(&g, &root.join("models/dcgan-w8.onnx"))?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ shapes, batch-norm statistics set from real activations so features stay finite)
 the way the official file is laid out, and run by pytorch-fid's own code.
 
 usage: python fid_parity.py DIR_A DIR_B OUT_DIR
-writes OUT_DIR/inception.pth, OUT_DIR/features_a.npy, OUT_DIR/features_b.npy, OUT_DIR/result.json
+writes OUT_DIR/inception.pth, OUT_DIR/features_a.json, OUT_DIR/features_b.json, OUT_DIR/result.json
 """
 import json
 import pathlib
@@ -83,7 +83,7 @@ feats = {}
 for tag, d in (("a", dir_a), ("b", dir_b)):
     files = sorted(str(p) for p in d.iterdir() if p.suffix == ".png")
     act = fid_score.get_activations(files, model, batch_size=10, dims=2048, device="cpu", num_workers=0)
-    np.save(out / f"features_{tag}.npy", act.astype(np.float32))
+    json.dump(act.astype(np.float32).tolist(), open(out / f"features_{tag}.json", "w"))
     feats[tag] = act
 mu1, s1 = feats["a"].mean(axis=0), np.cov(feats["a"], rowvar=False)
 mu2, s2 = feats["b"].mean(axis=0), np.cov(feats["b"], rowvar=False)

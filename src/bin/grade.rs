@@ -38,6 +38,45 @@ fn run(cli: Cli) -> Result<i32> {
             let args = tasks::ddpm::DdpmArgs { model, classifier, sampler, steps, guidance, eta, clip, seed, keep_going, spec: output.spec.clone() };
             Ok(tasks::ddpm::run(&args, &opts)?.exit_code())
         }
+        Command::Gan { model, reference, inception, seed, runtime, output } => {
+            let opts = run_options(Some(&runtime), &output)?;
+            let args = tasks::gan::GanArgs { model, reference, inception, seed, spec: output.spec.clone() };
+            Ok(tasks::gan::run(&args, &opts)?.exit_code())
+        }
+        Command::Fid { a, b, inception, json, runtime } => {
+            let rt = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads };
+            let v = tasks::gan::fid_folders(&a, &b, &inception, &rt, false)?;
+            println!("FID: {}", v["fid"]);
+            if !v["kid"].is_null() {
+                println!("KID: {} (std {})", v["kid"], v["kid_std"]);
+            }
+            if let Some(p) = json {
+                gradekit::report::write_atomic(&p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+            }
+            Ok(0)
+        }
+        Command::FidStats { dir, output, inception, runtime } => {
+            let rt = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads };
+            let s = tasks::gan::fid_stats(&dir, &output, &inception, &rt, false)?;
+            println!("wrote {} (statistics of {} images)", output.display(), s.n);
+            Ok(0)
+        }
+        Command::Faces { dir, json } => {
+            let files = gradekit::data::images::list_images(&dir)?;
+            if files.is_empty() {
+                anyhow::bail!("{} holds no images", dir.display());
+            }
+            let mut det = gradekit::metrics::faces::RustfaceDetector::new(Default::default())?;
+            let r = gradekit::metrics::faces::face_accuracy(&files, &mut det, true);
+            println!(
+                "face accuracy {:.4}: {} of {} loaded images have exactly one face ({} none, {} several, {} unreadable) [{}]",
+                r.accuracy, r.exactly_one, r.loaded, r.zero, r.multiple, r.unreadable.len(), r.detector
+            );
+            if let Some(p) = json {
+                gradekit::report::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())?;
+            }
+            Ok(0)
+        }
         Command::Digits { dir, classifier, resize, runtime, output } => {
             let opts = run_options(Some(&runtime), &output)?;
             Ok(tasks::digits::run(&dir, &classifier, resize, &opts)?.exit_code())

@@ -1,4 +1,9 @@
-//! Scores: classification accuracy here; FID, KID and face accuracy beside it as they land.
+//! Scores: classification accuracy, FID and KID (with pytorch-fid's Inception features), face accuracy.
 
 pub mod accuracy;
+pub mod faces;
+pub mod fid;
 pub mod inception;
+pub mod kid;
+mod linalg;
+pub mod npz;

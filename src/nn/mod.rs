@@ -3,6 +3,7 @@
 //! executor implements the same trait. Parameter names follow PyTorch's `state_dict` for the same
 //! modules, so weights from a `.pth` file map one to one.
 
+pub mod dcgan;
 pub mod inception;
 pub mod lenet;
 pub mod onnx_graph;
@@ -51,7 +52,10 @@ pub trait Ops {
     /// Inference-mode batch norm with running statistics (`name.weight/bias/running_mean/running_var`).
     fn batch_norm(&mut self, x: &Self::T, name: &str, channels: usize, eps: f32) -> Result<Self::T>;
     fn linear(&mut self, x: &Self::T, name: &str, fin: usize, fout: usize, bias: bool) -> Result<Self::T>;
+    /// Transposed convolution, no output padding (PyTorch's `nn.ConvTranspose2d`, weight [cin, cout, kh, kw]).
+    fn conv_transpose2d(&mut self, x: &Self::T, name: &str, c: Conv) -> Result<Self::T>;
     fn relu(&mut self, x: &Self::T) -> Self::T;
+    fn tanh(&mut self, x: &Self::T) -> Self::T;
     fn max_pool(&mut self, x: &Self::T, k: usize, stride: usize, pad: usize) -> Self::T;
     /// Average pool; `count_include_pad = false` divides by the number of real pixels only.
     fn avg_pool(&mut self, x: &Self::T, k: usize, stride: usize, pad: usize, count_include_pad: bool) -> Self::T;

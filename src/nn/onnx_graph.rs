@@ -68,8 +68,31 @@ impl Ops for OnnxGraph<'_> {
         Ok(self.g.node("Gemm", &ins, &[Attr::Int("transB", 1)]))
     }
 
+    fn conv_transpose2d(&mut self, x: &String, name: &str, c: Conv) -> Result<String> {
+        let w = self.param(&format!("{name}.weight"), &[c.cin, c.cout, c.kernel.0, c.kernel.1])?;
+        let mut ins = vec![x.as_str(), w.as_str()];
+        let b;
+        if c.bias {
+            b = self.param(&format!("{name}.bias"), &[c.cout])?;
+            ins.push(&b);
+        }
+        Ok(self.g.node(
+            "ConvTranspose",
+            &ins,
+            &[
+                Attr::Ints("kernel_shape", vec![c.kernel.0 as i64, c.kernel.1 as i64]),
+                Attr::Ints("strides", vec![c.stride.0 as i64, c.stride.1 as i64]),
+                Attr::Ints("pads", pads(c.pad)),
+            ],
+        ))
+    }
+
     fn relu(&mut self, x: &String) -> String {
         self.g.node("Relu", &[x], &[])
+    }
+
+    fn tanh(&mut self, x: &String) -> String {
+        self.g.node("Tanh", &[x], &[])
     }
 
     fn max_pool(&mut self, x: &String, k: usize, stride: usize, pad: usize) -> String {

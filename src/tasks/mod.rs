@@ -7,6 +7,7 @@ pub mod csv_grade;
 pub mod dann;
 pub mod ddpm;
 pub mod digits;
+pub mod gan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

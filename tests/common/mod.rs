@@ -50,3 +50,32 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 pub fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
+
+/// The PyTorch venv (torch + pytorch-fid) installed by scripts/install-torch.sh.
+pub fn torch_python() -> PathBuf {
+    let p = root().join(".mldeps/torch/bin/python");
+    assert!(p.is_file(), "{} missing: run `bash scripts/setup.sh` first (the README's test command does)", p.display());
+    p
+}
+
+/// Writes `n` seeded, smooth 64x64 RGB images (colour blobs on gradients) into `dir`.
+pub fn blob_images(dir: &Path, n: usize, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (s >> 33) as f32 / (1u64 << 31) as f32
+    };
+    for i in 0..n {
+        let (cx, cy, r) = (16.0 + 32.0 * next(), 16.0 + 32.0 * next(), 6.0 + 14.0 * next());
+        let col = [next(), next(), next()];
+        let bg = [next(), next(), next()];
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt();
+            let t = (1.0 - (d / r)).clamp(0.0, 1.0);
+            let g = y as f32 / 63.0;
+            image::Rgb(std::array::from_fn(|c| ((bg[c] * (0.5 + 0.5 * g) * (1.0 - t) + col[c] * t) * 255.0) as u8))
+        });
+        img.save(dir.join(format!("{i:03}.png"))).unwrap();
+    }
+}

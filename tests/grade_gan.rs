@@ -1,0 +1,120 @@
+//! `grade gan`, `grade fid`, `grade fid-stats` and `grade faces` end to end on the fixture generator,
+//! with an Inception network of seeded random weights (the real weights cannot be downloaded here).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{blob_images, fixture, grade, read_json};
+use predicates::str::contains;
+
+fn small_spec(dir: &Path, images: usize) -> PathBuf {
+    let text = std::fs::read_to_string(common::root().join("graders/gan.toml")).unwrap().replace("images = 1000", &format!("images = {images}"));
+    let p = dir.join("gan-small.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn random_inception(dir: &Path) -> PathBuf {
+    let p = dir.join("inception-random.onnx");
+    let m = gradekit::nn::inception::to_onnx(&mut gradekit::nn::weights::SeededInit::new(3)).unwrap();
+    gradekit::onnx::writer::save(&m, &p).unwrap();
+    p
+}
+
+#[test]
+fn gan_without_inception_reports_fid_not_computed_and_how_to_fix_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = grade(tmp.path())
+        .env_remove("GRADEKIT_INCEPTION")
+        .arg("gan")
+        .arg("--model")
+        .arg(fixture("models/dcgan-w8.onnx"))
+        .arg("--spec")
+        .arg(small_spec(tmp.path(), 30))
+        .args(["--backend", "tract", "--reference", "nowhere", "--out", "o"])
+        .output()
+        .unwrap();
+    // FID was not computed, so the run cannot pass.
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = read_json(&tmp.path().join("o/report.json"));
+    assert_eq!(r["counts"]["images"], 30);
+    assert!(r["metrics"][0]["value"].is_null());
+    assert_eq!(r["metrics"][0]["verdict"], "not-computed");
+    assert!(r["notes"].to_string().contains("grade convert inception"), "{}", r["notes"]);
+    // Face accuracy is computed on the saved images (a random generator draws no faces).
+    assert_eq!(r["metrics"][1]["name"], "face_accuracy");
+    assert!(r["metrics"][1]["value"].as_f64().unwrap() <= 0.1);
+    let names: Vec<String> = std::fs::read_dir(tmp.path().join("o/images")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert_eq!(names.len(), 30);
+    assert!(names.contains(&"0000.png".to_string()) && names.contains(&"0029.png".to_string()));
+    assert_eq!(image::open(tmp.path().join("o/images/0007.png")).unwrap().to_rgb8().dimensions(), (64, 64));
+    assert!(tmp.path().join("o/grid.png").is_file());
+}
+
+#[test]
+fn gan_fid_kid_and_cached_reference_statistics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let inception = random_inception(d);
+    blob_images(&d.join("ref"), 24, 5);
+    let spec = small_spec(d, 20);
+    let run = |reference: &str, out: &str| {
+        grade(d)
+            .arg("gan")
+            .arg("--model")
+            .arg(fixture("models/dcgan-w8.onnx"))
+            .arg("--spec")
+            .arg(&spec)
+            .arg("--inception")
+            .arg(&inception)
+            .args(["--backend", "tract", "--seed", "3", "--reference", reference, "--out", out])
+            .assert()
+            .code(predicates::function::function(|c: &i32| *c == 0 || *c == 1));
+        read_json(&d.join(out).join("report.json"))
+    };
+    let r = run("ref", "folder");
+    let fid = r["metrics"][0]["value"].as_f64().unwrap();
+    assert!(fid.is_finite() && fid > 0.0, "{fid}");
+    assert!(r["metrics"][2]["value"].as_f64().is_some(), "KID missing: {}", r["metrics"]);
+    assert!(r["notes"].to_string().contains("samples for 2048 dimensions"), "expected a warning about fewer samples than dimensions: {}", r["notes"]);
+
+    // Statistics computed once and reused give the same FID; KID then needs the images.
+    grade(d).arg("fid-stats").arg("ref").arg("-o").arg("ref.npz").arg("--inception").arg(&inception).args(["--backend", "tract"]).assert().success();
+    let r2 = run("ref.npz", "stats");
+    let fid2 = r2["metrics"][0]["value"].as_f64().unwrap();
+    assert!((fid - fid2).abs() <= 1e-9 * fid.abs().max(1.0), "{fid} vs {fid2}");
+    assert!(r2["metrics"][2]["value"].is_null());
+
+    // Same seed -> same images; the folder tool agrees with itself: FID(A, A) = 0.
+    grade(d)
+        .arg("fid")
+        .arg("folder/images")
+        .arg("stats/images")
+        .arg("--inception")
+        .arg(&inception)
+        .args(["--backend", "tract", "--json", "same.json"])
+        .assert()
+        .success();
+    let same = read_json(&d.join("same.json"))["fid"].as_f64().unwrap();
+    assert!(same.abs() < 1e-6, "identical image sets give FID {same}");
+}
+
+#[test]
+fn faces_folder_tool_counts_and_drops_unreadable_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("faces");
+    blob_images(&d, 5, 9);
+    std::fs::write(d.join("broken.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
+    grade(tmp.path())
+        .arg("faces")
+        .arg(&d)
+        .args(["--json", "faces.json"])
+        .assert()
+        .success()
+        .stdout(contains("face accuracy"));
+    let r = read_json(&tmp.path().join("faces.json"));
+    assert_eq!(r["total"], 6);
+    assert_eq!(r["loaded"], 5, "the unreadable file leaves the denominator");
+    assert_eq!(r["unreadable"].as_array().unwrap().len(), 1);
+}
