@@ -12,6 +12,9 @@ use crate::tasks::ddpm::SamplerArg;
 #[derive(Parser, Debug)]
 #[command(name = "grade", version, about = "Grade DLCV homework-2 models from ONNX files: exact, fast, reproducible", long_about = None)]
 pub struct Cli {
+    /// Memory the grader may use (e.g. 8G); past it the run stops with a clear error, exit code 2.
+    #[arg(long, global = true, default_value = "12G", value_parser = crate::memory::parse_size)]
+    pub memory_limit: u64,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -268,3 +268,29 @@ fn ort_backend_reports_missing_library_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("--device cuda needs ONNX Runtime"));
 }
+
+#[test]
+fn a_model_that_needs_too_much_memory_is_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    // ConstantOfShape to 2^28 floats (1 GiB) while the limit is 300 MiB.
+    let mut g = GraphBuilder::new("hog");
+    let x = g.input("image", Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)]);
+    let shape = g.const_i64("big_shape", &[1], &[1 << 28]);
+    let big = g.node("ConstantOfShape", &[&shape], &[]);
+    let s = g.node("ReduceSum", &[&big], &[Attr::Int("keepdims", 0)]);
+    let f = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
+    let w = g.weight("w", &[10, 2352], &vec![0.0; 23520]);
+    let y = g.node("Gemm", &[&f, &w], &[Attr::Int("transB", 1)]);
+    let y = g.node("Add", &[&y, &s], &[]);
+    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+    let p = tmp.path().join("hog.onnx");
+    writer::save(&g.build(), &p).unwrap();
+    let out = grade(tmp.path())
+        .args(["--memory-limit", "300M", "check", "--kind", "classifier", "--backend", "tract"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("memory limit exceeded"), "{stderr}");
+}

@@ -130,6 +130,7 @@ fn run(cli: Cli) -> Result<i32> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    gradekit::memory::start_watchdog(cli.memory_limit);
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
