@@ -3,11 +3,11 @@
 # `--features dlib`, and the Python reference venv (see README.md, "Python reference").
 # Usage: tools/measure.sh [WORK_DIR]   (default /tmp/fm)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-DATA=${DATA:-/work/main/data/hw2_data/face}
+cd "$(dirname "$0")/../../.."
+DATA=${DATA:-data/hw2_data/face}
 PY=${PY:-/tmp/faceref/bin/python}
 W=${1:-/tmp/fm}
-B=target/release/face_eval
+B=target/release/examples/face_eval
 mkdir -p "$W"
 
 # Generated-like images: train-derived ones for tuning, val-derived ones for reporting.
@@ -15,8 +15,8 @@ $B synth "$DATA/train" "$W/synth/train" 500 1
 $B synth "$DATA/val" "$W/synth/val" 500 2
 
 # Reference counts from face_recognition itself.
-$PY tools/face_ref.py "$W/ref_real.csv" "$DATA/train" "$DATA/val"
-$PY tools/face_ref.py "$W/ref_synth.csv" "$W/synth"
+$PY scripts/reference/faces/face_ref.py "$W/ref_real.csv" "$DATA/train" "$DATA/val"
+$PY scripts/reference/faces/face_ref.py "$W/ref_synth.csv" "$W/synth"
 { cat "$W/ref_real.csv"; tail -n +2 "$W/ref_synth.csv"; } > "$W/ref_all.csv"
 
 # Tuning set (train only): every other real train face + 250 of each train-derived kind.
