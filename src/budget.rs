@@ -59,3 +59,44 @@ mod tests {
         assert!(parse_budget("soon").is_err());
     }
 }
+
+/// The last line of defence against a model too slow for its budget: the checks between batches cannot
+/// interrupt a single model call that runs for minutes. Past the budget plus a grace period, this
+/// writes the partial report (via `on_fire`) and ends the process with exit code 1 (over budget).
+/// Dropping the guard disarms it.
+pub struct HardStop {
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HardStop {
+    pub fn arm(deadline: Deadline, on_fire: impl FnOnce() + Send + 'static) -> HardStop {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let armed = std::sync::Arc::new(AtomicBool::new(true));
+        let flag = armed.clone();
+        // Grace: 10% of the budget, at least 5 s, so a run that checks between batches stops itself first.
+        let grace = deadline.budget().mul_f64(0.1).max(Duration::from_secs(5));
+        let fire_at = deadline.budget() + grace;
+        std::thread::Builder::new()
+            .name("hard-stop".into())
+            .spawn(move || {
+                while deadline.elapsed() < fire_at {
+                    if !flag.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50).min(fire_at.saturating_sub(deadline.elapsed())));
+                }
+                if flag.load(Ordering::Relaxed) {
+                    on_fire();
+                    std::process::exit(1);
+                }
+            })
+            .ok();
+        HardStop { armed }
+    }
+}
+
+impl Drop for HardStop {
+    fn drop(&mut self) {
+        self.armed.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -294,3 +294,42 @@ fn a_model_that_needs_too_much_memory_is_stopped() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("memory limit exceeded"), "{stderr}");
 }
+
+#[test]
+fn a_model_too_slow_for_one_batch_is_stopped_with_a_partial_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Three 512-channel 3x3 convolutions at 28x28: about 5 GFLOP per image, minutes per batch in tract.
+    let mut g = GraphBuilder::new("slow");
+    let x = g.input("image", Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)]);
+    let mut y = x.clone();
+    let mut cin = 3;
+    for i in 0..3 {
+        let w = g.weight(&format!("c{i}"), &[512, cin, 3, 3], &vec![0.001; 512 * cin * 9]);
+        y = g.node("Conv", &[&y, &w], &[Attr::Ints("kernel_shape", vec![3, 3]), Attr::Ints("pads", vec![1, 1, 1, 1])]);
+        cin = 512;
+    }
+    let y = g.node("GlobalAveragePool", &[&y], &[]);
+    let y = g.node("Flatten", &[&y], &[Attr::Int("axis", 1)]);
+    let w = g.weight("fc", &[10, 512], &vec![0.01; 5120]);
+    let y = g.node("Gemm", &[&y, &w], &[Attr::Int("transB", 1)]);
+    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+    let p = tmp.path().join("slow.onnx");
+    writer::save(&g.build(), &p).unwrap();
+    let started = std::time::Instant::now();
+    let out = grade(tmp.path())
+        .args(["dann", "--pair", "mnistm-usps", "--backend", "tract", "--batch", "200", "--budget", "1s", "--out", "o"])
+        .arg("--model")
+        .arg(&p)
+        .arg("--data")
+        .arg(fixture("digits/usps"))
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    // Budget 1 s + 5 s grace, plus start-up: far less than the batch would take.
+    assert!(elapsed < 15.0, "took {elapsed} s");
+    let r = common::read_json(&tmp.path().join("o/report.json"));
+    assert_eq!(r["status"], "over-budget");
+    assert!(r["notes"].to_string().contains("too slow"), "{}", r["notes"]);
+    assert_eq!(r["metrics"][0]["verdict"], "not-computed");
+}

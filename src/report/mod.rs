@@ -144,6 +144,34 @@ impl Report {
     }
 }
 
+/// Arms the hard stop for a grading run: past the budget (plus grace) inside one model call, a partial
+/// report saying so is written to `out` and the process exits with code 1.
+pub fn arm_hard_stop(
+    deadline: crate::budget::Deadline,
+    mut partial: Report,
+    out: &Path,
+    extra: &ExtraReports,
+) -> crate::budget::HardStop {
+    let out = out.to_path_buf();
+    let extra = extra.clone();
+    crate::budget::HardStop::arm(deadline, move || {
+        partial.status = Status::OverBudget;
+        partial.notes.push(format!(
+            "stopped: a single model call ran {:.0} s past the {:.0} s budget (the model is too slow); nothing was graded after that point",
+            (deadline.elapsed() - deadline.budget()).as_secs_f64(),
+            deadline.budget().as_secs_f64()
+        ));
+        for m in &mut partial.metrics {
+            m.value = None;
+            m.verdict = Some(Verdict::NotComputed);
+        }
+        if let Ok(dir) = OutputDir::create(&out, true) {
+            let _ = partial.write_all(&dir, &extra);
+        }
+        eprintln!("error: over budget: a single model call ran past the time budget; partial report in {}", out.display());
+    })
+}
+
 /// Report copies the user asked for explicitly (`--json`, `--junit`, `--markdown`).
 #[derive(Debug, Clone, Default)]
 pub struct ExtraReports {

@@ -67,6 +67,9 @@ pub fn run(args: &DannArgs, opts: &RunOptions) -> Result<Report> {
         report.notes.push(f.message.clone());
     }
 
+    let mut partial = report.clone();
+    partial.metric("accuracy", None);
+    let _hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
     let limits = ImageLimits::default();
     let mut counter = AccuracyCounter::new(clf.classes);
     let mut predictions: Vec<(String, u8)> = Vec::with_capacity(set.rows.len());

@@ -160,6 +160,9 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         report.notes.push(f.message.clone());
     }
 
+    let mut partial = report.clone();
+    partial.metric("accuracy", None);
+    let _hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
     // Warm-up: a short real sampling run on a full batch, so the estimate includes the sampler's own
     // work (noise draws, updates) and guidance's doubled batch. The first call builds the plan.
     let per_call = {

@@ -186,6 +186,10 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
         report.notes.push(f.message.clone());
     }
 
+    let mut partial = report.clone();
+    partial.metric("fid", None);
+    partial.metric("face_accuracy", None);
+    let hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
     // Generation under the budget (checked between batches).
     let images_dir = out.subdir("images")?;
     let pb = crate::progress::bar(count as u64, "generating");
@@ -212,6 +216,8 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
         pb.inc(n as u64);
     }
     pb.finish_and_clear();
+    // The budget covers the student's generation, not the grader's own FID and face detection.
+    drop(hard_stop);
     let gen_s = t_gen.elapsed().as_secs_f64();
     if non_finite > 0 {
         report.notes.push(format!("the generator produced {non_finite} NaN/Inf pixel values (saved as 0)"));
