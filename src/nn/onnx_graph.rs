@@ -21,6 +21,26 @@ impl<'w> OnnxGraph<'w> {
         let data = self.weights.get(name, shape)?;
         Ok(self.g.weight(name, shape, &data))
     }
+
+    /// Conv or ConvTranspose with `name.weight` of shape `[w0, w1, kh, kw]` and an optional bias.
+    fn conv_op(&mut self, op: &str, x: &str, name: &str, [w0, w1]: [usize; 2], c: Conv) -> Result<String> {
+        let w = self.param(&format!("{name}.weight"), &[w0, w1, c.kernel.0, c.kernel.1])?;
+        let mut ins = vec![x, w.as_str()];
+        let b;
+        if c.bias {
+            b = self.param(&format!("{name}.bias"), &[c.cout])?;
+            ins.push(&b);
+        }
+        Ok(self.g.node(
+            op,
+            &ins,
+            &[
+                Attr::Ints("kernel_shape", vec![c.kernel.0 as i64, c.kernel.1 as i64]),
+                Attr::Ints("strides", vec![c.stride.0 as i64, c.stride.1 as i64]),
+                Attr::Ints("pads", pads(c.pad)),
+            ],
+        ))
+    }
 }
 
 fn pads(p: (usize, usize)) -> Vec<i64> {
@@ -31,22 +51,7 @@ impl Ops for OnnxGraph<'_> {
     type T = String;
 
     fn conv2d(&mut self, x: &String, name: &str, c: Conv) -> Result<String> {
-        let w = self.param(&format!("{name}.weight"), &[c.cout, c.cin, c.kernel.0, c.kernel.1])?;
-        let mut ins = vec![x.as_str(), w.as_str()];
-        let b;
-        if c.bias {
-            b = self.param(&format!("{name}.bias"), &[c.cout])?;
-            ins.push(&b);
-        }
-        Ok(self.g.node(
-            "Conv",
-            &ins,
-            &[
-                Attr::Ints("kernel_shape", vec![c.kernel.0 as i64, c.kernel.1 as i64]),
-                Attr::Ints("strides", vec![c.stride.0 as i64, c.stride.1 as i64]),
-                Attr::Ints("pads", pads(c.pad)),
-            ],
-        ))
+        self.conv_op("Conv", x, name, [c.cout, c.cin], c)
     }
 
     fn batch_norm(&mut self, x: &String, name: &str, channels: usize, eps: f32) -> Result<String> {
@@ -69,22 +74,8 @@ impl Ops for OnnxGraph<'_> {
     }
 
     fn conv_transpose2d(&mut self, x: &String, name: &str, c: Conv) -> Result<String> {
-        let w = self.param(&format!("{name}.weight"), &[c.cin, c.cout, c.kernel.0, c.kernel.1])?;
-        let mut ins = vec![x.as_str(), w.as_str()];
-        let b;
-        if c.bias {
-            b = self.param(&format!("{name}.bias"), &[c.cout])?;
-            ins.push(&b);
-        }
-        Ok(self.g.node(
-            "ConvTranspose",
-            &ins,
-            &[
-                Attr::Ints("kernel_shape", vec![c.kernel.0 as i64, c.kernel.1 as i64]),
-                Attr::Ints("strides", vec![c.stride.0 as i64, c.stride.1 as i64]),
-                Attr::Ints("pads", pads(c.pad)),
-            ],
-        ))
+        // PyTorch and ONNX both lay transposed-convolution weights out as [cin, cout, kh, kw].
+        self.conv_op("ConvTranspose", x, name, [c.cin, c.cout], c)
     }
 
     fn relu(&mut self, x: &String) -> String {

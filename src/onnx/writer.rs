@@ -140,26 +140,22 @@ impl GraphBuilder {
 
     /// Adds an f32 weight tensor (row-major, little-endian raw data) and returns its name.
     pub fn weight(&mut self, name: &str, shape: &[usize], data: &[f32]) -> String {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "weight {name}: shape and data disagree");
         let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.initializers.push(pb::TensorProto {
-            name: name.to_string(),
-            dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Float as i32,
-            raw_data: raw,
-            ..Default::default()
-        });
-        name.to_string()
+        self.initializer(name, shape, data.len(), DataType::Float, raw)
     }
 
     /// Adds an i64 constant tensor (shapes for Reshape, axes, ...) and returns its name.
     pub fn const_i64(&mut self, name: &str, shape: &[usize], data: &[i64]) -> String {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "constant {name}: shape and data disagree");
         let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(name, shape, data.len(), DataType::Int64, raw)
+    }
+
+    fn initializer(&mut self, name: &str, shape: &[usize], len: usize, dt: DataType, raw: Vec<u8>) -> String {
+        assert_eq!(shape.iter().product::<usize>(), len, "initializer {name}: shape and data disagree");
         self.initializers.push(pb::TensorProto {
             name: name.to_string(),
             dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Int64 as i32,
+            data_type: dt as i32,
             raw_data: raw,
             ..Default::default()
         });
