@@ -8,6 +8,14 @@ use std::path::Path;
 use common::{fixture, grade, read_json};
 use predicates::str::contains;
 
+/// The budget tests measure wall time: run this file's tests one at a time so they do not slow each
+/// other down after the warm-up has timed the model.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A grader spec like graders/ddpm.toml but with `per_class` images per digit, so runs stay short.
 fn small_spec(dir: &Path, per_class: usize) -> std::path::PathBuf {
     let text = std::fs::read_to_string(common::root().join("graders/ddpm.toml"))
@@ -32,6 +40,7 @@ fn png_names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn full_run_writes_1000_named_digits_and_the_oracle_scores_perfectly() {
+    let _serial = serial();
     common::ort_library();
     let tmp = tempfile::tempdir().unwrap();
     let mut outputs = vec![];
@@ -79,6 +88,7 @@ fn full_run_writes_1000_named_digits_and_the_oracle_scores_perfectly() {
 
 #[test]
 fn oracle_images_equal_the_targets_after_ddim() {
+    let _serial = serial();
     // The oracle's targets are the synthetic digits; DDIM (eta = 0) must reproduce them to the byte
     // up to the float rounding of uint8 conversion.
     let tmp = tempfile::tempdir().unwrap();
@@ -106,6 +116,7 @@ fn oracle_images_equal_the_targets_after_ddim() {
 
 #[test]
 fn same_seed_same_bytes_other_seed_other_images() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let spec = small_spec(tmp.path(), 3);
     let run = |seed: &str, out: &str| {
@@ -130,6 +141,7 @@ fn same_seed_same_bytes_other_seed_other_images() {
 
 #[test]
 fn step_counts_of_each_sampler() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let spec = small_spec(tmp.path(), 1);
     let evals = |extra: &[&str], out: &str| -> u64 {
@@ -156,6 +168,7 @@ fn step_counts_of_each_sampler() {
 
 #[test]
 fn a_run_that_cannot_fit_fails_fast_with_a_partial_report() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let out = ddpm(tmp.path())
         .arg("--model")
@@ -174,6 +187,7 @@ fn a_run_that_cannot_fit_fails_fast_with_a_partial_report() {
 
 #[test]
 fn auto_steps_fit_the_budget() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
     ddpm(tmp.path())
@@ -194,6 +208,7 @@ fn auto_steps_fit_the_budget() {
 
 #[test]
 fn keep_going_stops_at_the_budget_and_keeps_what_was_finished() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
     ddpm(tmp.path())
@@ -214,6 +229,7 @@ fn keep_going_stops_at_the_budget_and_keeps_what_was_finished() {
 
 #[test]
 fn digits_folder_rejects_unlabelled_files() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("imgs");
     std::fs::create_dir_all(&d).unwrap();
