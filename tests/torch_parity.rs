@@ -90,3 +90,30 @@ fn lenet_from_pth_matches_pytorch_logits() {
         assert!(max <= 1e-4, "{backend:?}: logits differ from PyTorch by {max}");
     }
 }
+
+#[test]
+fn dcgan_generator_from_pth_matches_pytorch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(torch_python())
+        .arg(common::root().join("scripts/reference/dcgan_generator.py"))
+        .arg(tmp.path())
+        .arg("16")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = read_json(&tmp.path().join("reference.json"));
+    let z: Vec<f32> = r["z"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let want: Vec<f32> = r["image"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let onnx = tmp.path().join("g.onnx");
+    grade(tmp.path()).arg("convert").arg("generator").arg(tmp.path().join("generator.pth")).arg("-o").arg(&onnx).assert().success();
+    grade(tmp.path()).args(["check", "--kind", "generator", "--backend", "tract"]).arg(&onnx).assert().success();
+    let file = gradekit::onnx::ModelFile::open(&onnx, &Default::default()).unwrap();
+    for backend in [BackendChoice::Tract, BackendChoice::Ort] {
+        let mut e = gradekit::runtime::open(&file, &RuntimeOptions { backend, ..Default::default() }).unwrap();
+        let got = e.run(&[gradekit::runtime::Input::f32("z", &[3, 100, 1, 1], &z)], "image").unwrap();
+        assert_eq!(got.shape, vec![3, 3, 64, 64]);
+        let max = got.data.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+        eprintln!("{backend:?}: max |generator - PyTorch| = {max:e}");
+        assert!(max <= 1e-4, "{backend:?}: generator output differs from PyTorch by {max}");
+    }
+}

@@ -33,6 +33,11 @@ impl StateDict {
         StateDict { tensors, used: BTreeSet::new(), origin: origin.to_string() }
     }
 
+    /// The shape of a tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| t.shape.as_slice())
+    }
+
     /// Names present in the checkpoint but never asked for (ignoring BatchNorm's step counters).
     pub fn unused(&self) -> Vec<String> {
         self.tensors

@@ -14,6 +14,8 @@ pub enum ConvertKind {
     Inception,
     /// The course's LeNet digit classifier (Classifier.pth, state_dict under "state_dict").
     Classifier,
+    /// The seed report's DCGAN / WGAN-GP generator (`net.0.weight` ... `net.12.weight`), width from the weights.
+    Generator,
 }
 
 pub fn run(kind: ConvertKind, pth: &Path, key: Option<&str>, out: &Path) -> Result<Vec<String>> {
@@ -21,6 +23,11 @@ pub fn run(kind: ConvertKind, pth: &Path, key: Option<&str>, out: &Path) -> Resu
     let model = match kind {
         ConvertKind::Inception => nn::inception::to_onnx(&mut sd),
         ConvertKind::Classifier => nn::lenet::to_onnx(&mut sd),
+        ConvertKind::Generator => {
+            // The first transposed convolution is [100, 8w, 4, 4]: read the width off it.
+            let width = sd.shape("net.0.weight").and_then(|s| s.get(1).copied()).map(|c| c / 8).unwrap_or(64);
+            nn::dcgan::to_onnx(&mut sd, width)
+        }
     }
     .with_context(|| format!("{} does not hold the weights of a {kind:?} model", pth.display()))?;
     crate::onnx::writer::save(&model, out)?;
