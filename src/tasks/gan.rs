@@ -239,7 +239,16 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
         Some(p) if images.is_empty() => report.notes.push(format!("FID not computed: no image was generated ({})", p.display())),
         Some(p) => {
             let mut net = InceptionNet::open(&p, &opts.runtime, 50)?;
-            let feats = net.features(&images)?;
+            let pb = crate::progress::bar(images.len() as u64, "inception");
+            if opts.quiet {
+                pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let mut feats = Vec::with_capacity(images.len() * 2048);
+            for chunk in images.chunks(net.batch) {
+                feats.extend(net.features(chunk)?);
+                pb.inc(chunk.len() as u64);
+            }
+            pb.finish_and_clear();
             let ours = fid::stats_from_features(&feats, images.len(), 2048)?;
             let (theirs, ref_feats) = reference_stats(&reference, &mut net, opts.quiet)?;
             let f = fid::frechet_distance(&ours, &theirs)?;
