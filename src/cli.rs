@@ -138,6 +138,9 @@ pub enum Command {
         /// Seed of the latents.
         #[arg(long)]
         seed: Option<u64>,
+        /// Face detector for face accuracy.
+        #[arg(long, value_enum, default_value_t = crate::metrics::faces::DetectorKind::Rustface)]
+        detector: crate::metrics::faces::DetectorKind,
         #[command(flatten)]
         runtime: RuntimeArgs,
         #[command(flatten)]
@@ -168,6 +171,9 @@ pub enum Command {
     /// Face accuracy of a folder with the course's rule (exactly one face counts).
     Faces {
         dir: PathBuf,
+        /// Face detector.
+        #[arg(long, value_enum, default_value_t = crate::metrics::faces::DetectorKind::Rustface)]
+        detector: crate::metrics::faces::DetectorKind,
         /// Also write the counts as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,

@@ -118,3 +118,15 @@ fn faces_folder_tool_counts_and_drops_unreadable_files() {
     assert_eq!(r["loaded"], 5, "the unreadable file leaves the denominator");
     assert_eq!(r["unreadable"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn dlib_detector_without_the_feature_says_how_to_get_it() {
+    if cfg!(feature = "dlib") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    blob_images(&tmp.path().join("f"), 2, 1);
+    let out = grade(tmp.path()).args(["faces", "f", "--detector", "dlib"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--features dlib"));
+}

@@ -38,9 +38,9 @@ fn run(cli: Cli) -> Result<i32> {
             let args = tasks::ddpm::DdpmArgs { model, classifier, sampler, steps, guidance, eta, clip, seed, keep_going, spec: output.spec.clone() };
             Ok(tasks::ddpm::run(&args, &opts)?.exit_code())
         }
-        Command::Gan { model, reference, inception, seed, runtime, output } => {
+        Command::Gan { model, reference, inception, seed, detector, runtime, output } => {
             let opts = run_options(Some(&runtime), &output)?;
-            let args = tasks::gan::GanArgs { model, reference, inception, seed, spec: output.spec.clone() };
+            let args = tasks::gan::GanArgs { model, reference, inception, seed, detector, spec: output.spec.clone() };
             Ok(tasks::gan::run(&args, &opts)?.exit_code())
         }
         Command::Fid { a, b, inception, json, runtime } => {
@@ -61,13 +61,13 @@ fn run(cli: Cli) -> Result<i32> {
             println!("wrote {} (statistics of {} images)", output.display(), s.n);
             Ok(0)
         }
-        Command::Faces { dir, json } => {
+        Command::Faces { dir, detector, json } => {
             let files = gradekit::data::images::list_images(&dir)?;
             if files.is_empty() {
                 anyhow::bail!("{} holds no images", dir.display());
             }
-            let mut det = gradekit::metrics::faces::RustfaceDetector::new(Default::default())?;
-            let r = gradekit::metrics::faces::face_accuracy(&files, &mut det, true);
+            let mut det = gradekit::metrics::faces::make_detector(detector)?;
+            let r = gradekit::metrics::faces::face_accuracy(&files, det.as_mut(), true);
             println!(
                 "face accuracy {:.4}: {} of {} loaded images have exactly one face ({} none, {} several, {} unreadable) [{}]",
                 r.accuracy, r.exactly_one, r.loaded, r.zero, r.multiple, r.unreadable.len(), r.detector

@@ -143,6 +143,14 @@ fn check_tensor(t: &pb::TensorProto, limits: &ModelLimits, path: &Path) -> Resul
         );
     }
     if !t.raw_data.is_empty() {
+        // ONNX forbids raw_data for STRING and UNDEFINED tensors (tract panics on them).
+        if size.is_none() && matches!(DataType::try_from(t.data_type), Ok(DataType::String | DataType::Undefined) | Err(_)) {
+            bail!(
+                "{}: tensor '{name}' stores raw bytes for element type {}, which ONNX does not allow; the file is corrupt",
+                path.display(),
+                elem_name(t.data_type)
+            );
+        }
         if let Some(s) = size {
             if t.raw_data.len() as u64 != count * s {
                 bail!(
@@ -250,6 +258,21 @@ impl ModelFile {
                 graph.input.len(),
                 graph.output.len(),
                 graph.node.len()
+            );
+        }
+        // Every graph output must come from an input, an initializer or a node (tract panics otherwise).
+        let produced: BTreeSet<&str> = graph
+            .input
+            .iter()
+            .map(|v| v.name.as_str())
+            .chain(graph.initializer.iter().map(|t| t.name.as_str()))
+            .chain(graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str).filter(|o| !o.is_empty())))
+            .collect();
+        if let Some(o) = graph.output.iter().find(|o| !produced.contains(o.name.as_str())) {
+            bail!(
+                "{}: graph output '{}' is not produced by any node, input or initializer; the file is corrupt",
+                path.display(),
+                o.name
             );
         }
         let opset = proto

@@ -36,6 +36,7 @@ pub struct GanArgs {
     pub reference: Option<PathBuf>,
     pub inception: Option<PathBuf>,
     pub seed: Option<u64>,
+    pub detector: faces::DetectorKind,
     pub spec: Option<PathBuf>,
 }
 
@@ -270,9 +271,9 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     // Face accuracy with the course's rule.
     let t_face = Instant::now();
     // Read back from the saved files, as the course's face_recog.py does.
-    let mut det = faces::RustfaceDetector::new(faces::RustfaceSettings::default())?;
+    let mut det = faces::make_detector(args.detector)?;
     let names: Vec<PathBuf> = (0..images.len()).map(|i| images_dir.join(format!("{i:04}.png"))).collect();
-    let face = faces::face_accuracy(&names, &mut det, !opts.quiet);
+    let face = faces::face_accuracy(&names, det.as_mut(), !opts.quiet);
     let face_s = t_face.elapsed().as_secs_f64();
 
     report.metric("fid", fid_value);
