@@ -9,7 +9,6 @@ use rayon::prelude::*;
 use super::classify::Classifier;
 use super::RunOptions;
 use crate::data::images::{fit_size, load_rgb, ImageLimits};
-use crate::data::labels::write_label_csv;
 use crate::data::DigitSet;
 use crate::metrics::accuracy::AccuracyCounter;
 use crate::report::{Report, Status};
@@ -119,12 +118,15 @@ pub fn run(args: &DannArgs, opts: &RunOptions) -> Result<Report> {
     let predict_s = t1.elapsed().as_secs_f64();
 
     // The course's CSV; rows whose logits were not finite carry -1 so they cannot pass for a digit.
-    let mut csv = String::from_utf8(write_label_csv(&[])).unwrap();
+    // The csv writer quotes names that need it (a name with a comma must not split the row).
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(["image_name", "label"])?;
     for (name, p) in &predictions {
         let label = if *p == u8::MAX { "-1".to_string() } else { p.to_string() };
-        csv.push_str(&format!("{name},{label}\n"));
+        w.write_record([name.as_str(), label.as_str()])?;
     }
-    out.write("pred.csv", csv.as_bytes())?;
+    let csv = w.into_inner().map_err(|e| anyhow::anyhow!("writing pred.csv: {e}"))?;
+    out.write("pred.csv", &csv)?;
 
     let acc = counter.finish();
     if acc.invalid > 0 {
