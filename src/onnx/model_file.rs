@@ -127,13 +127,25 @@ fn check_tensor(t: &pb::TensorProto, limits: &ModelLimits, path: &Path) -> Resul
         );
     }
     let mut count: u64 = 1;
+    // The product of the non-zero dimensions: a runtime sizes buffers by it even for an empty tensor
+    // ([2^57, 8, 0] made tract panic on overflow).
+    let mut extent: u64 = 1;
     for &d in &t.dims {
         if d < 0 {
             bail!("{}: tensor '{name}' has a negative dimension ({d})", path.display());
         }
         count = count.checked_mul(d as u64).unwrap_or(u64::MAX);
+        extent = extent.saturating_mul((d as u64).max(1));
     }
     let size = elem_size(t.data_type);
+    if extent.saturating_mul(size.unwrap_or(1)) > limits.max_tensor_bytes {
+        bail!(
+            "{}: tensor '{name}' has dimensions {:?}, over the limit of {} bytes even without its zero dimensions; refused before loading",
+            path.display(),
+            t.dims,
+            limits.max_tensor_bytes
+        );
+    }
     let bytes = size.map(|s| count.saturating_mul(s)).unwrap_or(0);
     if bytes > limits.max_tensor_bytes {
         bail!(
