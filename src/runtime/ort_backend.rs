@@ -31,16 +31,14 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
 }
 
 /// The ONNX Runtime library to load: `ORT_DYLIB_PATH` if set, else the project's install location found
-/// from the current folder or the executable's folder upwards.
+/// from the executable's folder upwards (or the source tree it was built from).
 pub fn find_library() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
+    // Not the current folder: a submission folder could ship its own libonnxruntime.so.
     let mut starts = vec![];
-    if let Ok(cwd) = std::env::current_dir() {
-        starts.push(cwd);
-    }
     if let Ok(exe) = std::env::current_exe() {
         starts.push(exe);
     }

@@ -13,6 +13,28 @@ use crate::onnx::ModelFile;
 
 type Plan = Arc<TypedRunnableModel>;
 
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside tract into `None` without printing the panic message: a hostile
+/// model is reported as a clean error, not as a scary backtrace.
+fn catch_quietly<R>(f: impl FnOnce() -> R) -> Option<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+    QUIET_PANICS.with(|q| q.set(false));
+    r
+}
+
 pub struct TractEngine {
     model: InferenceModel,
     input_names: Vec<String>,
@@ -36,8 +58,8 @@ impl TractEngine {
     pub fn open(file: &ModelFile) -> Result<Self> {
         let path = file.path.display().to_string();
         // A hostile file must not take the grader down: a panic inside tract becomes an error.
-        let model = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tract_onnx::onnx().model_for_proto_model(&file.proto)))
-            .map_err(|_| anyhow!("tract crashed while loading {path}; the model is malformed (try --backend ort for its diagnosis)"))?
+        let model = catch_quietly(|| tract_onnx::onnx().model_for_proto_model(&file.proto))
+            .ok_or_else(|| anyhow!("tract crashed while loading {path}; the model is malformed (try --backend ort for its diagnosis)"))?
             .map_err(|e| anyhow!("tract cannot load {path}: {e:#}"))?;
         let bad = unsupported_ops(&model);
         if !bad.is_empty() {
@@ -78,8 +100,8 @@ impl TractEngine {
             };
             m.set_input_fact(ix, InferenceFact::dt_shape(dt, i.shape.clone()))?;
         }
-        let plan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.into_optimized().and_then(|m| m.into_runnable())))
-            .map_err(|_| anyhow!("tract crashed preparing {} for input shapes {shapes:?}; the model is malformed", self.path))?
+        let plan = catch_quietly(|| m.into_optimized().and_then(|m| m.into_runnable()))
+            .ok_or_else(|| anyhow!("tract crashed preparing {} for input shapes {shapes:?}; the model is malformed", self.path))?
             .map_err(|e| anyhow!("tract cannot prepare {} for input shapes {shapes:?}: {e:#}", self.path))?;
         // Keep the cache small: a grader uses two or three shapes; anything else is a caller bug.
         if self.plans.len() > 8 {
@@ -118,8 +140,8 @@ impl Engine for TractEngine {
             };
             values.push(t.into());
         }
-        let outs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.run(values)))
-            .map_err(|_| anyhow!("tract crashed running {}; the model is malformed", self.path))?
+        let outs = catch_quietly(|| plan.run(values))
+            .ok_or_else(|| anyhow!("tract crashed running {}; the model is malformed", self.path))?
             .map_err(|e| anyhow!("tract failed running {}: {e:#}", self.path))?;
         let t = outs.get(out_ix).context("tract returned fewer outputs than the model declares")?;
         let t = t.cast_to::<f32>().map_err(|e| anyhow!("{}: output '{output}' is not numeric: {e}", self.path))?;
