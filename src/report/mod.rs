@@ -126,19 +126,29 @@ impl Report {
 
     /// Writes report.json, junit.xml and summary.md into `out`, plus any extra paths asked for.
     pub fn write_all(&self, out: &OutputDir, extra: &ExtraReports) -> Result<Vec<PathBuf>> {
-        let json = self.to_json();
-        let junit = self.to_junit()?;
-        let md = self.to_markdown();
         let mut written = vec![
-            out.write("report.json", json.as_bytes())?,
-            out.write("junit.xml", junit.as_bytes())?,
-            out.write("summary.md", md.as_bytes())?,
+            out.write("report.json", self.to_json().as_bytes())?,
+            out.write("junit.xml", self.to_junit()?.as_bytes())?,
+            out.write("summary.md", self.to_markdown().as_bytes())?,
         ];
-        for (path, body) in [(&extra.json, &json), (&extra.junit, &junit), (&extra.markdown, &md)] {
-            if let Some(p) = path {
-                write_atomic(p, body.as_bytes())?;
-                written.push(p.clone());
-            }
+        written.extend(self.write_extra(extra)?);
+        Ok(written)
+    }
+
+    /// Writes only the copies the user asked for (`--json`, `--junit`, `--markdown`).
+    pub fn write_extra(&self, extra: &ExtraReports) -> Result<Vec<PathBuf>> {
+        let mut written = vec![];
+        if let Some(p) = &extra.json {
+            write_atomic(p, self.to_json().as_bytes())?;
+            written.push(p.clone());
+        }
+        if let Some(p) = &extra.junit {
+            write_atomic(p, self.to_junit()?.as_bytes())?;
+            written.push(p.clone());
+        }
+        if let Some(p) = &extra.markdown {
+            write_atomic(p, self.to_markdown().as_bytes())?;
+            written.push(p.clone());
         }
         Ok(written)
     }

@@ -64,14 +64,7 @@ pub fn run(args: &CsvArgs, opts: &RunOptions) -> Result<Report> {
         let out = opts.out_dir(&spec.name)?;
         report.write_all(&out, &opts.extra)?;
     } else {
-        for (path, body) in [(&opts.extra.json, report.to_json()), (&opts.extra.markdown, report.to_markdown())] {
-            if let Some(p) = path {
-                crate::report::write_atomic(p, body.as_bytes())?;
-            }
-        }
-        if let Some(p) = &opts.extra.junit {
-            crate::report::write_atomic(p, report.to_junit()?.as_bytes())?;
-        }
+        report.write_extra(&opts.extra)?;
     }
     if !opts.quiet {
         println!("{}", report.to_table());

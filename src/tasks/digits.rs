@@ -82,8 +82,8 @@ pub fn run(dir: &Path, classifier: &Path, resize: bool, opts: &RunOptions) -> Re
     report.settle();
     if opts.out.is_some() {
         report.write_all(&opts.out_dir(&spec.name)?, &opts.extra)?;
-    } else if let Some(p) = &opts.extra.json {
-        crate::report::write_atomic(p, report.to_json().as_bytes())?;
+    } else {
+        report.write_extra(&opts.extra)?;
     }
     if !opts.quiet {
         println!("{}", report.to_table());
