@@ -220,14 +220,20 @@ pub enum Command {
     Convert {
         #[arg(value_enum)]
         kind: crate::tasks::convert::ConvertKind,
-        /// The .pth file (torch.save of a state_dict, or a dict holding one).
+        /// A .pth file (torch.save of a state_dict, or a dict holding one) or a trainer .safetensors checkpoint.
         pth: PathBuf,
         /// Output ONNX file.
         #[arg(short, long)]
         output: PathBuf,
-        /// Key of the state_dict inside the checkpoint (auto-detected when there is one).
+        /// Key of the state_dict inside a .pth checkpoint (auto-detected when there is one).
         #[arg(long)]
         key: Option<String>,
+        /// Tensor-name prefix inside a .safetensors checkpoint (default by kind: generator., discriminator., ema.).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Metadata to write into the model, KEY=VALUE (e.g. guidance_scale=3); repeatable.
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        meta: Vec<String>,
     },
     /// List the built-in graders with their budgets and baselines.
     Graders,

@@ -3,6 +3,7 @@
 
 pub mod pickle;
 pub mod pth;
+pub mod safetensors;
 
 use std::collections::BTreeMap;
 use std::path::Path;

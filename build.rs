@@ -1,0 +1,28 @@
+//! Only for the trainer (cargo feature `train`): give the `train` binary an rpath to the libtorch that
+//! scripts/install-libtorch.sh found, so it runs without LD_LIBRARY_PATH, and on the CUDA route keep
+//! libtorch_cuda linked (the linker's --as-needed would drop it: no symbol of it is referenced directly,
+//! and then tch sees no GPU).
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    if std::env::var_os("CARGO_FEATURE_TRAIN").is_none() {
+        return;
+    }
+    let libtorch = std::env::var_os("LIBTORCH").map(PathBuf::from).unwrap_or_else(|| ".mldeps/libtorch".into());
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed={}", libtorch.join("route").display());
+    let root = std::fs::read_to_string(libtorch.join("root")).ok();
+    let route = std::fs::read_to_string(libtorch.join("route")).unwrap_or_default();
+    let lib_dir = root.map(|r| r.trim().to_string()).unwrap_or_else(|| libtorch.join("lib").display().to_string());
+    if !PathBuf::from(&lib_dir).exists() {
+        println!(
+            "cargo:warning=no libtorch at {lib_dir}: run `bash scripts/install-libtorch.sh` (cpu) or `... cuda` before building with --features train"
+        );
+    }
+    println!("cargo:rustc-link-arg-bin=train=-Wl,-rpath,{lib_dir}");
+    if route.trim() == "cuda" {
+        println!("cargo:rustc-link-arg-bin=train=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+    }
+}

@@ -1,0 +1,120 @@
+//! Training data in memory: every image decoded once, in parallel on all cores (rayon), into one
+//! uint8 tensor [N, 3, H, W]; batches are random index selections from it, scaled to [-1, 1]
+//! (= normalised with mean 0.5, std 0.5, as the graders feed the exported models).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use gradekit::data::digits::DigitSet;
+use gradekit::data::images::{fit_size, list_images, load_rgb, ImageLimits};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+pub struct ImageSet {
+    /// [N, 3, H, W] uint8 on the training device.
+    pub images: Tensor,
+    /// [N] int64 digit labels (empty for unlabelled folders).
+    pub labels: Option<Tensor>,
+    pub len: usize,
+    pub origin: String,
+}
+
+fn decode_all(paths: &[std::path::PathBuf], size: u32, what: &str) -> Result<Vec<u8>> {
+    let limits = ImageLimits::default();
+    let pb = gradekit::progress::bar(paths.len() as u64, what);
+    let per = (3 * size * size) as usize;
+    let chunks: Vec<Vec<u8>> = paths
+        .par_iter()
+        .map(|p| {
+            let img = load_rgb(p, &limits)?;
+            let img = fit_size(img, size, size, false, p)?;
+            let mut out = vec![0u8; per];
+            let plane = (size * size) as usize;
+            for (i, px) in img.pixels().enumerate() {
+                for c in 0..3 {
+                    out[c * plane + i] = px.0[c];
+                }
+            }
+            pb.inc(1);
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    pb.finish_and_clear();
+    Ok(chunks.concat())
+}
+
+fn to_tensor(bytes: &[u8], n: usize, size: u32, device: Device) -> Tensor {
+    Tensor::from_slice(bytes).reshape([n as i64, 3, size as i64, size as i64]).to_device(device)
+}
+
+/// Every image of a folder (faces), at most `limit`, sorted by name then optionally subsampled.
+pub fn image_folder(dir: &Path, size: u32, limit: Option<usize>, device: Device) -> Result<ImageSet> {
+    let mut paths = list_images(dir).with_context(|| format!("reading the training folder {}", dir.display()))?;
+    if paths.is_empty() {
+        bail!("{}: no images (png/jpg/bmp) found; pass --data with the training folder", dir.display());
+    }
+    if let Some(l) = limit {
+        paths.truncate(l);
+    }
+    let bytes = decode_all(&paths, size, "decoding")?;
+    Ok(ImageSet { images: to_tensor(&bytes, paths.len(), size, device), labels: None, len: paths.len(), origin: dir.display().to_string() })
+}
+
+/// A digit folder's split (`train`/`val`), 28x28 RGB (greyscale replicated), with labels.
+pub fn digit_split(dir: &Path, split: &str, limit: Option<usize>, device: Device) -> Result<ImageSet> {
+    let set = DigitSet::open(dir, split)?;
+    let mut rows = set.rows.clone();
+    if let Some(l) = limit {
+        rows.truncate(l);
+    }
+    let paths: Vec<_> = rows.iter().map(|r| set.path(r)).collect();
+    let bytes = decode_all(&paths, 28, split)?;
+    let labels: Vec<i64> = rows.iter().map(|r| r.label as i64).collect();
+    Ok(ImageSet {
+        images: to_tensor(&bytes, paths.len(), 28, device),
+        labels: Some(Tensor::from_slice(&labels).to_device(device)),
+        len: paths.len(),
+        origin: format!("{}/{split}.csv", dir.display()),
+    })
+}
+
+/// Epoch-wise shuffled batches of indices, seeded (a resumed run reseeds from its step).
+pub struct Batches {
+    rng: ChaCha8Rng,
+    order: Vec<i64>,
+    pos: usize,
+    n: usize,
+    pub epoch: usize,
+}
+
+impl Batches {
+    pub fn new(n: usize, seed: u64) -> Batches {
+        Batches { rng: ChaCha8Rng::seed_from_u64(seed), order: Vec::new(), pos: n, n, epoch: 0 }
+    }
+
+    /// The next `batch` indices (a partial tail is dropped, as `drop_last=True`).
+    pub fn next(&mut self, batch: usize) -> Vec<i64> {
+        let batch = batch.min(self.n);
+        if self.pos + batch > self.order.len() {
+            self.order = (0..self.n as i64).collect();
+            self.order.shuffle(&mut self.rng);
+            self.pos = 0;
+            self.epoch += 1;
+        }
+        let b = self.order[self.pos..self.pos + batch].to_vec();
+        self.pos += batch;
+        b
+    }
+}
+
+impl ImageSet {
+    /// Images [B, 3, H, W] in [-1, 1] and labels for the given indices.
+    pub fn batch(&self, idx: &[i64]) -> (Tensor, Option<Tensor>) {
+        let i = Tensor::from_slice(idx).to_device(self.images.device());
+        let x = self.images.index_select(0, &i).to_kind(Kind::Float) / 127.5 - 1.0;
+        (x, self.labels.as_ref().map(|l| l.index_select(0, &i)))
+    }
+}

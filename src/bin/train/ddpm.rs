@@ -1,0 +1,143 @@
+//! `train ddpm`: the seed's Diffusion_UNet_Small on MNIST-M as dome272 trains it: t uniform in
+//! [1, T), x_t = sqrt(a_bar) x + sqrt(1 - a_bar) eps, MSE on eps, AdamW (3e-4), 10% of labels dropped
+//! to the null label for classifier-free guidance, EMA weights (0.995) for sampling and export.
+
+use anyhow::Result;
+use gradekit::nn::unet;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{digit_split, Batches};
+use crate::optim::{Adam, Ema};
+use crate::run::{meta, RunDir};
+use crate::tch_ops::{Init, ParamStore, TchOps, Tt};
+use crate::{ckpt, pictures_from, Common};
+
+pub struct DdpmArgs {
+    pub width: usize,
+    pub label_dropout: f64,
+    pub ema_beta: f64,
+    pub sample_steps: usize,
+    pub guidance: f64,
+}
+
+pub const T: i64 = 1000;
+
+pub fn noise_model(p: &mut ParamStore, x: &Tensor, t: &Tensor, y: &Tensor, width: usize, train: bool) -> Result<Tensor> {
+    let mut o = TchOps::new(p, train);
+    Ok(unet::forward(&mut o, &Tt(x.shallow_clone()), &Tt(t.shallow_clone()), &Tt(y.shallow_clone()), width)?.0)
+}
+
+/// alpha_bar[t] for the linear schedule (float32, as PyTorch computes it).
+pub fn alpha_bar(dev: Device) -> Tensor {
+    let beta = Tensor::linspace(1e-4, 0.02, T, (Kind::Float, dev));
+    (-&beta + 1.0).cumprod(0, Kind::Float)
+}
+
+/// A quick DDIM (eta = 0) preview with classifier-free guidance: one image per digit per row.
+pub fn preview(p: &mut ParamStore, width: usize, rows: i64, steps: usize, w: f64, dev: Device) -> Result<Tensor> {
+    tch::no_grad(|| {
+        let ab = alpha_bar(dev);
+        let n = 10 * rows;
+        let labels = Tensor::arange(10, (Kind::Int64, dev)).repeat([rows]);
+        let null = Tensor::full([n], unet::NUM_CLASSES as i64, (Kind::Int64, dev));
+        let mut x = Tensor::randn([n, 3, 28, 28], (Kind::Float, dev));
+        let ts: Vec<i64> = (0..steps).map(|k| (T - 1) - k as i64 * (T - 1) / steps as i64).collect();
+        for (k, &t) in ts.iter().enumerate() {
+            let tt = Tensor::full([n], t, (Kind::Int64, dev));
+            let cond = noise_model(p, &x, &tt, &labels, width, false)?;
+            let eps = if (w - 1.0).abs() > 1e-9 {
+                let unc = noise_model(p, &x, &tt, &null, width, false)?;
+                &unc + (&cond - &unc) * w
+            } else {
+                cond
+            };
+            let a = ab.get(t);
+            let x0 = ((&x - (-&a + 1.0).sqrt() * &eps) / a.sqrt()).clamp(-1.0, 1.0);
+            x = match ts.get(k + 1) {
+                Some(&tp) => {
+                    let ap = ab.get(tp);
+                    ap.sqrt() * &x0 + (-&ap + 1.0).sqrt() * &eps
+                }
+                None => x0,
+            };
+        }
+        Ok(x)
+    })
+}
+
+fn ema_store(p: &ParamStore, ema: &Ema) -> ParamStore {
+    let mut q = ParamStore::new(p.device, p.init);
+    q.buffers = p.buffers.clone();
+    for (k, v) in &p.vars {
+        q.vars.insert(k.clone(), ema.shadow.get(k).map(|t| t.shallow_clone()).unwrap_or_else(|| v.detach()));
+    }
+    q
+}
+
+pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
+    let dev = c.device()?;
+    tch::manual_seed(c.seed as i64);
+    let data = digit_split(&c.data_dir("data/hw2_data/digits/mnistm"), "train", c.limit, dev)?;
+    let mut p = ParamStore::new(dev, Init::Torch);
+    let _ = tch::no_grad(|| {
+        let x = Tensor::zeros([1, 3, 28, 28], (Kind::Float, dev));
+        let t = Tensor::ones([1], (Kind::Int64, dev));
+        noise_model(&mut p, &x, &t, &t, a.width, false)
+    })?;
+    let lr = c.lr.unwrap_or(3e-4);
+    let mut opt = Adam::new(p.group(""), lr, (0.9, 0.999), 0.01);
+    let steps = c.steps.unwrap_or(30_000);
+    let batch = c.batch.unwrap_or(128);
+    let mut ema = Ema::new(a.ema_beta, (steps / 10).min(2000));
+    let start = c.resume_into(&mut p, &mut [("main", &mut opt)])?;
+    if let Some(r) = &c.resume {
+        let (t, _) = ckpt::load(r, dev)?;
+        for (k, v) in t {
+            if let Some(n) = k.strip_prefix("ema.") {
+                ema.shadow.insert(n.to_string(), v);
+            }
+        }
+    }
+    let ab = alpha_bar(dev);
+    let mut batches = Batches::new(data.len, c.seed.wrapping_add(start as u64));
+    let mut run = RunDir::create(&c.out, steps as u64, start as u64, "ddpm")?;
+    for step in start..steps {
+        let (x, y) = data.batch(&batches.next(batch));
+        let y = y.expect("digit labels");
+        let n = x.size()[0];
+        let t = Tensor::randint_low(1, T, [n], (Kind::Int64, dev));
+        let eps = x.randn_like();
+        let abt = ab.index_select(0, &t).view([n, 1, 1, 1]);
+        let xt = abt.sqrt() * &x + (-&abt + 1.0).sqrt() * &eps;
+        let drop = Tensor::rand([n], (Kind::Float, dev)).lt(a.label_dropout);
+        let y = y.where_self(&drop.logical_not(), &Tensor::full([n], unet::NUM_CLASSES as i64, (Kind::Int64, dev)));
+        opt.zero_grad(&mut p);
+        let pred = noise_model(&mut p, &xt, &t, &y, a.width, true)?;
+        let loss = pred.mse_loss(&eps, tch::Reduction::Mean);
+        loss.backward();
+        opt.step(&p);
+        ema.update(&p, step + 1);
+        let l = f64::try_from(&loss)?;
+        if !l.is_finite() {
+            anyhow::bail!("step {}: the loss diverged ({l}); lower --lr or resume from the last checkpoint", step + 1);
+        }
+        run.log(step + 1, &[("mse", l)]);
+        run.pb.inc(1);
+        if (step + 1) % c.save_every == 0 || step + 1 == steps {
+            let mut tensors: Vec<(String, Tensor)> = p.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+            tensors.extend(ema.shadow.iter().map(|(k, v)| (format!("ema.{k}"), v.shallow_clone())));
+            tensors.extend(opt.state("main"));
+            let m = meta("ddpm", step + 1, c.seed, &[("width", a.width.to_string()), ("batch", batch.to_string()), ("lr", lr.to_string()), ("ema_beta", a.ema_beta.to_string())]);
+            ckpt::save(&run.checkpoint(), tensors, &m)?;
+            let mut q = ema_store(&p, &ema);
+            let img = preview(&mut q, a.width, 1, a.sample_steps, a.guidance, dev)?;
+            let grid = pictures_from(&img, 10)?;
+            grid.save(run.root.join("samples").join(format!("step_{:07}.png", step + 1)))?;
+            grid.save(run.root.join("samples.png"))?;
+            run.write_curves("ddpm")?;
+        }
+    }
+    run.pb.finish();
+    eprintln!("ddpm: {steps} steps; checkpoint {} (export uses the EMA weights)", run.checkpoint().display());
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! `train classifier` (the course's LeNet on a digit set) and `train dann` (MNIST-M -> SVHN / USPS,
+//! modes source-only, dann, target-only). DANN as the reference implementation: loss = source label
+//! NLL + source domain NLL + target domain NLL, gradient reversal weight 2 / (1 + exp(-10 p)) - 1 with
+//! p the training progress, Adam (1e-3) with MultiStepLR (x0.1 at 50% and 75% of the steps).
+//! Accuracy on the validation splits is logged during training and written to `results.json`.
+
+use anyhow::Result;
+use gradekit::nn::{dann, lenet};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{digit_split, Batches, ImageSet};
+use crate::optim::Adam;
+use crate::run::{meta, RunDir};
+use crate::tch_ops::{Init, ParamStore, TchOps, Tt};
+use crate::{ckpt, Common};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    SourceOnly,
+    Dann,
+    TargetOnly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pair {
+    MnistmSvhn,
+    MnistmUsps,
+}
+
+impl Pair {
+    pub fn target(self) -> &'static str {
+        match self {
+            Pair::MnistmSvhn => "svhn",
+            Pair::MnistmUsps => "usps",
+        }
+    }
+}
+
+enum Net {
+    Lenet,
+    Dann,
+}
+
+/// Label scores (log-probabilities for DANN, logits for LeNet).
+fn classify(p: &mut ParamStore, net: &Net, x: &Tensor, train: bool) -> Result<Tensor> {
+    let mut o = TchOps::new(p, train);
+    let x = Tt(x.shallow_clone());
+    Ok(match net {
+        Net::Lenet => lenet::lenet(&mut o, &x)?.0,
+        Net::Dann => {
+            let f = dann::features(&mut o, &x)?;
+            dann::label_head(&mut o, &f)?.0
+        }
+    })
+}
+
+fn domain(p: &mut ParamStore, x: &Tensor, lambda: f64) -> Result<Tensor> {
+    let mut o = TchOps::new(p, true);
+    o.grl_lambda = lambda;
+    let f = dann::features(&mut o, &Tt(x.shallow_clone()))?;
+    Ok(dann::domain_head(&mut o, &f)?.0)
+}
+
+/// Accuracy on a labelled set, evaluated in chunks in inference mode.
+fn accuracy(p: &mut ParamStore, net: &Net, set: &ImageSet) -> Result<f64> {
+    tch::no_grad(|| {
+        let mut correct = 0i64;
+        let labels = set.labels.as_ref().expect("labels");
+        for s in (0..set.len as i64).step_by(1000) {
+            let idx: Vec<i64> = (s..(s + 1000).min(set.len as i64)).collect();
+            let (x, _) = set.batch(&idx);
+            let pred = classify(p, net, &x, false)?.argmax(-1, false);
+            let y = labels.narrow(0, s, idx.len() as i64);
+            correct += i64::try_from(pred.eq_tensor(&y).sum(Kind::Int64))?;
+        }
+        Ok(correct as f64 / set.len as f64)
+    })
+}
+
+pub struct DigitArgs {
+    pub eval_every: i64,
+}
+
+pub fn train_classifier(c: &Common, a: &DigitArgs) -> Result<()> {
+    let dev = c.device()?;
+    let dir = c.data_dir("data/hw2_data/digits/mnistm");
+    let train = digit_split(&dir, "train", c.limit, dev)?;
+    let val = digit_split(&dir, "val", None, dev)?;
+    let results = fit(c, a, "classifier", Net::Lenet, Some(&train), None, &[("val_acc", &val)], Mode::SourceOnly, dev)?;
+    eprintln!("classifier: validation accuracy {:.4} ({})", results[0].1, val.origin);
+    Ok(())
+}
+
+pub fn train_dann(c: &Common, a: &DigitArgs, pair: Pair, mode: Mode) -> Result<()> {
+    let dev = c.device()?;
+    let root = c.data_dir("data/hw2_data/digits");
+    let tgt_dir = root.join(pair.target());
+    let src_dir = root.join("mnistm");
+    let need_src = mode != Mode::TargetOnly;
+    let need_tgt = mode != Mode::SourceOnly;
+    let src = if need_src { Some(digit_split(&src_dir, "train", c.limit, dev)?) } else { None };
+    let tgt = if need_tgt { Some(digit_split(&tgt_dir, "train", c.limit, dev)?) } else { None };
+    let tgt_val = digit_split(&tgt_dir, "val", None, dev)?;
+    let src_val = digit_split(&src_dir, "val", None, dev)?;
+    let evals = [("target_val_acc", &tgt_val), ("source_val_acc", &src_val)];
+    let (train_set, domain_set) = match mode {
+        Mode::SourceOnly => (src.as_ref(), None),
+        Mode::TargetOnly => (tgt.as_ref(), None),
+        Mode::Dann => (src.as_ref(), tgt.as_ref()),
+    };
+    let r = fit(c, a, "dann", Net::Dann, train_set, domain_set, &evals, mode, dev)?;
+    eprintln!("dann {pair:?} {mode:?}: target val accuracy {:.4}, source val accuracy {:.4}", r[0].1, r[1].1);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageSet>, unlabelled: Option<&ImageSet>, evals: &[(&str, &ImageSet)], mode: Mode, dev: Device) -> Result<Vec<(String, f64)>> {
+    let labelled = labelled.expect("a labelled training set");
+    tch::manual_seed(c.seed as i64);
+    let mut p = ParamStore::new(dev, Init::Torch);
+    tch::no_grad(|| -> Result<()> {
+        let x = Tensor::zeros([2, 3, 28, 28], (Kind::Float, dev));
+        let _ = classify(&mut p, &net, &x, false)?;
+        if matches!(net, Net::Dann) {
+            let _ = domain(&mut p, &x, 0.0)?;
+        }
+        Ok(())
+    })?;
+    let lr = c.lr.unwrap_or(1e-3);
+    let mut opt = Adam::new(p.group(""), lr, (0.9, 0.999), 0.0);
+    let steps = c.steps.unwrap_or(5000);
+    let batch = c.batch.unwrap_or(128);
+    let start = c.resume_into(&mut p, &mut [("main", &mut opt)])?;
+    let mut src_batches = Batches::new(labelled.len, c.seed.wrapping_add(start as u64));
+    let mut tgt_batches = unlabelled.map(|u| Batches::new(u.len, c.seed.wrapping_add(7 + start as u64)));
+    let mut run = RunDir::create(&c.out, steps as u64, start as u64, kind)?;
+    let mut last = Vec::new();
+    for step in start..steps {
+        let progress = step as f64 / steps as f64;
+        // MultiStepLR: x0.1 at 50% and 75% of the run.
+        opt.lr = lr * if progress >= 0.75 { 0.01 } else if progress >= 0.5 { 0.1 } else { 1.0 };
+        let lambda = 2.0 / (1.0 + (-10.0 * progress).exp()) - 1.0;
+        let (x, y) = labelled.batch(&src_batches.next(batch));
+        let y = y.expect("labels");
+        opt.zero_grad(&mut p);
+        let scores = classify(&mut p, &net, &x, true)?;
+        let class_loss = match net {
+            Net::Lenet => scores.cross_entropy_for_logits(&y),
+            Net::Dann => scores.nll_loss(&y),
+        };
+        let mut loss = class_loss.shallow_clone();
+        let mut dom = 0.0;
+        if let (Some(u), Some(tb)) = (unlabelled, tgt_batches.as_mut()) {
+            let (xt, _) = u.batch(&tb.next(batch));
+            let ds = domain(&mut p, &x, lambda)?;
+            let dt = domain(&mut p, &xt, lambda)?;
+            let zeros = Tensor::zeros([ds.size()[0]], (Kind::Int64, dev));
+            let ones = Tensor::ones([dt.size()[0]], (Kind::Int64, dev));
+            let dl = ds.nll_loss(&zeros) + dt.nll_loss(&ones);
+            dom = f64::try_from(&dl)?;
+            loss = loss + dl;
+        }
+        loss.backward();
+        opt.step(&p);
+        let cl = f64::try_from(&class_loss)?;
+        if !cl.is_finite() {
+            anyhow::bail!("step {}: the loss diverged ({cl}); lower --lr", step + 1);
+        }
+        let mut vals = vec![("label_loss", cl)];
+        if unlabelled.is_some() {
+            vals.push(("domain_loss", dom));
+        }
+        run.log(step + 1, &vals);
+        run.pb.inc(1);
+        let end = step + 1 == steps;
+        if (step + 1) % a.eval_every == 0 || end {
+            last.clear();
+            for (name, set) in evals {
+                let acc = accuracy(&mut p, &net, set)?;
+                run.log(step + 1, &[(name, acc)]);
+                last.push((name.to_string(), acc));
+            }
+        }
+        if (step + 1) % c.save_every == 0 || end {
+            let mut tensors: Vec<(String, Tensor)> = p.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+            tensors.extend(opt.state("main"));
+            let m = meta(kind, step + 1, c.seed, &[("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string())]);
+            ckpt::save(&run.checkpoint(), tensors, &m)?;
+            run.write_curves(kind)?;
+        }
+    }
+    run.pb.finish();
+    let json = serde_json::json!({
+        "kind": kind,
+        "mode": format!("{mode:?}"),
+        "steps": steps,
+        "batch": batch,
+        "seed": c.seed,
+        "accuracy": last.iter().map(|(k, v)| (k.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+        "evaluated_on": evals.iter().map(|(k, s)| (k.to_string(), s.origin.clone())).collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    gradekit::report::write_atomic(&run.root.join("results.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    Ok(last)
+}
