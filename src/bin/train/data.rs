@@ -95,6 +95,13 @@ impl Batches {
         Batches { rng: ChaCha8Rng::seed_from_u64(seed), order: Vec::new(), pos: n, n, epoch: 0 }
     }
 
+    /// Skips `count` batches (a resumed run sees the batches it would have seen).
+    pub fn skip(&mut self, count: i64, batch: usize) {
+        for _ in 0..count {
+            self.next(batch);
+        }
+    }
+
     /// The next `batch` indices (a partial tail is dropped, as `drop_last=True`).
     pub fn next(&mut self, batch: usize) -> Vec<i64> {
         let batch = batch.min(self.n);

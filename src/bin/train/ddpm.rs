@@ -89,7 +89,7 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
     let steps = c.steps.unwrap_or(30_000);
     let batch = c.batch.unwrap_or(128);
     let mut ema = Ema::new(a.ema_beta, (steps / 10).min(2000));
-    let start = c.resume_into(&mut p, &mut [("main", &mut opt)])?;
+    let start = c.resume_into("ddpm", &mut p, &mut [("main", &mut opt)])?;
     if let Some(r) = &c.resume {
         let (t, _) = ckpt::load(r, dev)?;
         for (k, v) in t {
@@ -99,9 +99,12 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
         }
     }
     let ab = alpha_bar(dev);
-    let mut batches = Batches::new(data.len, c.seed.wrapping_add(start as u64));
+    let mut batches = Batches::new(data.len, c.seed);
+    batches.skip(start, batch);
     let mut run = RunDir::create(&c.out, steps as u64, start as u64, "ddpm")?;
-    for step in start..steps {
+    let last = c.last_step(steps);
+    for step in start..last {
+        c.seed_step(step);
         let (x, y) = data.batch(&batches.next(batch));
         let y = y.expect("digit labels");
         let n = x.size()[0];
@@ -123,13 +126,14 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
         }
         run.log(step + 1, &[("mse", l)]);
         run.pb.inc(1);
-        if (step + 1) % c.save_every == 0 || step + 1 == steps {
+        if (step + 1) % c.save_every == 0 || step + 1 == last {
             let mut tensors: Vec<(String, Tensor)> = p.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
             tensors.extend(ema.shadow.iter().map(|(k, v)| (format!("ema.{k}"), v.shallow_clone())));
             tensors.extend(opt.state("main"));
             let m = meta("ddpm", step + 1, c.seed, &[("width", a.width.to_string()), ("batch", batch.to_string()), ("lr", lr.to_string()), ("ema_beta", a.ema_beta.to_string())]);
             ckpt::save(&run.checkpoint(), tensors, &m)?;
             let mut q = ema_store(&p, &ema);
+            tch::manual_seed(c.seed as i64);
             let img = preview(&mut q, a.width, 1, a.sample_steps, a.guidance, dev)?;
             let grid = pictures_from(&img, 10)?;
             grid.save(run.root.join("samples").join(format!("step_{:07}.png", step + 1)))?;

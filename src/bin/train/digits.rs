@@ -130,12 +130,19 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
     let mut opt = Adam::new(p.group(""), lr, (0.9, 0.999), 0.0);
     let steps = c.steps.unwrap_or(5000);
     let batch = c.batch.unwrap_or(128);
-    let start = c.resume_into(&mut p, &mut [("main", &mut opt)])?;
-    let mut src_batches = Batches::new(labelled.len, c.seed.wrapping_add(start as u64));
-    let mut tgt_batches = unlabelled.map(|u| Batches::new(u.len, c.seed.wrapping_add(7 + start as u64)));
+    let start = c.resume_into(kind, &mut p, &mut [("main", &mut opt)])?;
+    let mut src_batches = Batches::new(labelled.len, c.seed);
+    src_batches.skip(start, batch);
+    let mut tgt_batches = unlabelled.map(|u| {
+        let mut b = Batches::new(u.len, c.seed.wrapping_add(7));
+        b.skip(start, batch);
+        b
+    });
     let mut run = RunDir::create(&c.out, steps as u64, start as u64, kind)?;
-    let mut last = Vec::new();
-    for step in start..steps {
+    let mut latest = Vec::new();
+    let last = c.last_step(steps);
+    for step in start..last {
+        c.seed_step(step);
         let progress = step as f64 / steps as f64;
         // MultiStepLR: x0.1 at 50% and 75% of the run.
         opt.lr = lr * if progress >= 0.75 { 0.01 } else if progress >= 0.5 { 0.1 } else { 1.0 };
@@ -172,13 +179,13 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         }
         run.log(step + 1, &vals);
         run.pb.inc(1);
-        let end = step + 1 == steps;
+        let end = step + 1 == last;
         if (step + 1) % a.eval_every == 0 || end {
-            last.clear();
+            latest.clear();
             for (name, set) in evals {
                 let acc = accuracy(&mut p, &net, set)?;
                 run.log(step + 1, &[(name, acc)]);
-                last.push((name.to_string(), acc));
+                latest.push((name.to_string(), acc));
             }
         }
         if (step + 1) % c.save_every == 0 || end {
@@ -196,9 +203,9 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         "steps": steps,
         "batch": batch,
         "seed": c.seed,
-        "accuracy": last.iter().map(|(k, v)| (k.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+        "accuracy": latest.iter().map(|(k, v)| (k.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
         "evaluated_on": evals.iter().map(|(k, s)| (k.to_string(), s.origin.clone())).collect::<std::collections::BTreeMap<_, _>>(),
     });
     gradekit::report::write_atomic(&run.root.join("results.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
-    Ok(last)
+    Ok(latest)
 }

@@ -57,8 +57,10 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
     let mut opt_d = Adam::new(p.group("discriminator."), lr, betas, 0.0);
     let steps = c.steps.unwrap_or(if g.wgan { 20_000 } else { 10_000 });
     let batch = c.batch.unwrap_or(if g.wgan { 64 } else { 128 });
-    let start = c.resume_into(&mut p, &mut [("g", &mut opt_g), ("d", &mut opt_d)])?;
-    let mut batches = Batches::new(data.len, c.seed.wrapping_add(start as u64));
+    let start = c.resume_into(kind, &mut p, &mut [("g", &mut opt_g), ("d", &mut opt_d)])?;
+    let inner = if g.wgan { g.critic_steps } else { 1 };
+    let mut batches = Batches::new(data.len, c.seed);
+    batches.skip(start * inner as i64, batch);
     let fixed_z = Tensor::randn([64, dcgan::LATENT as i64, 1, 1], (Kind::Float, dev));
     let mut run = RunDir::create(&c.out, steps as u64, start as u64, kind)?;
     let save = |p: &mut ParamStore, opt_g: &Adam, opt_d: &Adam, run: &RunDir, step: i64| -> Result<()> {
@@ -72,11 +74,12 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
         grid.save(run.root.join("samples.png"))?;
         run.write_curves(kind)
     };
-    for step in start..steps {
-        let n = batch as i64;
+    let last = c.last_step(steps);
+    for step in start..last {
+        c.seed_step(step);
+        let n = batch.min(data.len) as i64;
         let mut d_loss = 0.0;
         let mut gp_val = 0.0;
-        let inner = if g.wgan { g.critic_steps } else { 1 };
         for _ in 0..inner {
             let (x, _) = data.batch(&batches.next(batch));
             let n = x.size()[0];
@@ -124,7 +127,7 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
         }
         run.log(step + 1, &vals);
         run.pb.inc(1);
-        if (step + 1) % c.save_every == 0 || step + 1 == steps {
+        if (step + 1) % c.save_every == 0 || step + 1 == last {
             save(&mut p, &opt_g, &opt_d, &run, step + 1)?;
         }
     }

@@ -54,6 +54,9 @@ pub struct Common {
     /// Write the checkpoint, curves and sample grid every N steps (and at the end).
     #[arg(long, default_value_t = 500)]
     pub save_every: i64,
+    /// Stop after step N and checkpoint (the schedules stay those of --steps; --resume continues).
+    #[arg(long)]
+    pub stop_at: Option<i64>,
     /// Use at most N training images (quick runs).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -78,18 +81,33 @@ impl Common {
         }
     }
 
+    /// Seeds libtorch's generator for one step, so a resumed run draws the same noise as an
+    /// uninterrupted one.
+    pub fn seed_step(&self, step: i64) {
+        tch::manual_seed((self.seed as i64).wrapping_mul(1_000_003).wrapping_add(step));
+    }
+
+    /// The last step this invocation runs.
+    pub fn last_step(&self, steps: i64) -> i64 {
+        self.stop_at.map_or(steps, |s| s.min(steps))
+    }
+
     pub fn data_dir(&self, default: &str) -> PathBuf {
         self.data.clone().unwrap_or_else(|| PathBuf::from(default))
     }
 
     /// Loads `--resume` into the built model and optimisers; returns the step to continue from.
-    pub fn resume_into(&self, p: &mut ParamStore, opts: &mut [(&str, &mut Adam)]) -> Result<i64> {
+    pub fn resume_into(&self, kind: &str, p: &mut ParamStore, opts: &mut [(&str, &mut Adam)]) -> Result<i64> {
         let Some(path) = &self.resume else { return Ok(0) };
         let (tensors, meta) = ckpt::load(path, p.device)?;
+        let theirs = meta.get("kind").map(String::as_str).unwrap_or("?");
+        if theirs != kind {
+            bail!("{}: a `{theirs}` checkpoint cannot resume `train {kind}`", path.display());
+        }
         ckpt::restore(p, &tensors, path)?;
         let step: i64 = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
         for (tag, o) in opts.iter_mut() {
-            o.load_state(tag, &tensors, step);
+            o.load_state(tag, &tensors);
         }
         eprintln!("resumed from {} at step {step}", path.display());
         Ok(step)

@@ -67,10 +67,11 @@ impl Adam {
         for (k, t) in &self.v {
             out.push((format!("optim.{tag}.v.{k}"), t.shallow_clone()));
         }
+        out.push((format!("optim.{tag}.step"), Tensor::from_slice(&[self.step as f32])));
         out
     }
 
-    pub fn load_state(&mut self, tag: &str, tensors: &BTreeMap<String, Tensor>, step: i64) {
+    pub fn load_state(&mut self, tag: &str, tensors: &BTreeMap<String, Tensor>) {
         for (k, t) in tensors {
             if let Some(n) = k.strip_prefix(&format!("optim.{tag}.m.")) {
                 self.m.insert(n.to_string(), t.shallow_clone());
@@ -78,7 +79,9 @@ impl Adam {
                 self.v.insert(n.to_string(), t.shallow_clone());
             }
         }
-        self.step = step;
+        if let Some(s) = tensors.get(&format!("optim.{tag}.step")) {
+            self.step = f64::try_from(s.sum(tch::Kind::Float)).unwrap_or(0.0) as i64;
+        }
     }
 }
 
