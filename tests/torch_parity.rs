@@ -117,3 +117,58 @@ fn dcgan_generator_from_pth_matches_pytorch() {
         assert!(max <= 1e-4, "{backend:?}: generator output differs from PyTorch by {max}");
     }
 }
+
+/// The seed's UNet and DANN written in PyTorch (scripts/reference/seed_models.py, PyTorch's own
+/// MultiheadAttention, GroupNorm, align-corners Upsample, ...), saved with torch.save, converted by
+/// `grade convert` without Python, must reproduce PyTorch's outputs in both runtimes.
+fn seed_model_from_pth_matches_pytorch(kind: &str, width: usize) {
+    use gradekit::runtime::{self, Input};
+    common::ort_library();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(torch_python())
+        .arg(common::root().join("scripts/reference/seed_models.py"))
+        .arg(tmp.path())
+        .args([kind, &width.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let onnx = tmp.path().join("model.onnx");
+    grade(tmp.path()).args(["convert", kind]).arg(tmp.path().join("model.pth")).arg("-o").arg(&onnx).assert().success();
+    let reference = read_json(&tmp.path().join("reference.json"));
+    let file = gradekit::onnx::ModelFile::open(&onnx, &Default::default()).unwrap();
+    for backend in [BackendChoice::Tract, BackendChoice::Ort] {
+        let mut e = runtime::open(&file, &RuntimeOptions { backend, ..Default::default() }).unwrap();
+        for n in [1usize, 7] {
+            let b = &reference["batches"][n.to_string()];
+            let f = |k: &str| -> Vec<f32> { b[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect() };
+            let i = |k: &str| -> Vec<i64> { b[k].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect() };
+            let (x, t, l, want) = (f("x"), i("t"), i("label"), f("out"));
+            let got = if kind == "unet" {
+                e.run(&[Input::f32("x", &[n, 3, 28, 28], &x), Input::i64("t", &[n], &t), Input::i64("label", &[n], &l)], "eps").unwrap()
+            } else {
+                e.run(&[Input::f32("image", &[n, 3, 28, 28], &x)], "logits").unwrap()
+            };
+            assert_eq!(got.data.len(), want.len());
+            let max = got.data.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            eprintln!("{kind} width {width} {backend:?} batch {n}: max |gradekit - pytorch| = {max:.2e} (largest output {scale:.3})");
+            assert!(scale > 1e-2, "PyTorch's outputs are all near zero: the comparison would prove nothing");
+            assert!(max <= 1e-4, "{kind} {backend:?} batch {n}: differs from PyTorch by {max}");
+        }
+    }
+}
+
+#[test]
+fn seed_unet_from_pth_matches_pytorch() {
+    seed_model_from_pth_matches_pytorch("unet", 16);
+}
+
+#[test]
+fn seed_width_unet_from_pth_matches_pytorch() {
+    seed_model_from_pth_matches_pytorch("unet", 64);
+}
+
+#[test]
+fn dann_from_pth_matches_pytorch() {
+    seed_model_from_pth_matches_pytorch("dann", 0);
+}

@@ -1,5 +1,5 @@
 //! DANN for 28x28 digits (the widely used PyTorch DANN the seed names; module names as its
-//! `CNNModel`): feature extractor Conv(3, 64, 5) BN MaxPool2 ReLU Conv(64, 50, 5) BN Dropout MaxPool2
+//! `CNNModel`): feature extractor Conv(3, 64, 5) BN MaxPool2 ReLU Conv(64, 50, 5) BN Dropout2d MaxPool2
 //! ReLU -> 800 features; label classifier 800-100 (BN, ReLU, Dropout) -100 (BN, ReLU) -10, LogSoftmax;
 //! domain classifier behind a gradient reversal layer 800-100 (BN, ReLU) -2, LogSoftmax.
 
@@ -16,7 +16,7 @@ pub fn features<O: Ops>(o: &mut O, x: &O::T) -> Result<O::T> {
     let y = o.relu(&y);
     let y = o.conv2d(&y, "feature.f_conv2", Conv::new(64, 50, 5))?;
     let y = o.batch_norm(&y, "feature.f_bn2", 50, 1e-5)?;
-    let y = o.dropout(&y, 0.5);
+    let y = o.dropout2d(&y, 0.5);
     let y = o.max_pool(&y, 2, 2, 0);
     let y = o.relu(&y);
     Ok(o.flatten(&y))

@@ -80,6 +80,8 @@ pub trait Ops {
     fn log_softmax(&mut self, x: &Self::T) -> Self::T;
     /// Dropout with probability `p` while training; the identity otherwise (and in every export).
     fn dropout(&mut self, x: &Self::T, p: f64) -> Self::T;
+    /// `nn.Dropout2d`: drops whole channels while training; the identity otherwise.
+    fn dropout2d(&mut self, x: &Self::T, p: f64) -> Self::T;
     /// Gradient reversal (DANN): the identity forward; backward multiplies the gradient by -lambda,
     /// where lambda is the executor's current setting. The identity in every export.
     fn grad_reverse(&mut self, x: &Self::T) -> Self::T;

@@ -221,6 +221,10 @@ impl Ops for OnnxGraph<'_> {
         x.clone()
     }
 
+    fn dropout2d(&mut self, x: &String, _p: f64) -> String {
+        x.clone()
+    }
+
     fn grad_reverse(&mut self, x: &String) -> String {
         x.clone()
     }

@@ -232,6 +232,10 @@ impl Ops for TchOps<'_> {
         Tt(x.0.dropout(p, self.train))
     }
 
+    fn dropout2d(&mut self, x: &Tt, p: f64) -> Tt {
+        Tt(x.0.feature_dropout(p, self.train))
+    }
+
     fn grad_reverse(&mut self, x: &Tt) -> Tt {
         // Forward: exactly x. Backward: -lambda times the incoming gradient.
         let d = x.0.detach();
