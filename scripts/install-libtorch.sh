@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUTE=${1:-cpu}
 VERSION=2.11.0
-DEST=.mldeps/libtorch
+DEST=${LIBTORCH_DEST:-.mldeps/libtorch}  # .cargo/config.toml reads .mldeps/libtorch
 PY=python3
 
 torch_site() { # the site-packages holding torch $VERSION, or nothing

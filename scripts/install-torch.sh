@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # PyTorch + pytorch-fid in a venv (.mldeps/torch), for the parity tests that compare gradekit with the
-# official tools (pytorch-fid's InceptionV3 and Frechet distance, torch.save checkpoints).
+# official tools (pytorch-fid's InceptionV3 and Frechet distance, torch.save checkpoints, the seed
+# models' PyTorch modules), and the libtorch the trainer links (scripts/install-libtorch.sh).
+# PyTorch 2.11.0 because tch 0.24 needs exactly that (the lent GPU machines hold it too).
 # Large (~2.6 GB download from PyPI); grading never needs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.mldeps/torch
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch, pytorch_fid" 2>/dev/null; then
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch, pytorch_fid; assert torch.__version__.startswith('2.11.0')" 2>/dev/null; then
   echo "torch venv ready: $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"; exit 0
 fi
+rm -rf "$VENV"
 python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.13.0 torchvision==0.28.0 pytorch-fid==0.3.0 scipy
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.11.0 torchvision==0.26.0 pytorch-fid==0.3.0 scipy
 "$VENV/bin/python" -c "import torch, pytorch_fid; print('torch venv ready:', torch.__version__)"

@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-onnxruntime.sh
 bash scripts/install-python-tools.sh
-# PyTorch + pytorch-fid for the parity tests (~2.6 GB from PyPI, about 4 minutes).
+# PyTorch 2.11.0 + pytorch-fid for the parity tests (~2.6 GB from PyPI, 1-4 minutes).
 bash scripts/install-torch.sh
+# libtorch for the trainer (cargo feature `train`): the CPU route, reusing that torch wheel.
+bash scripts/install-libtorch.sh cpu
 # The homework data (not committed) for the tests that need real images, when ../shared/data is beside
 # the checkout, as on the project's machines and CI.
 if [ -d ../shared/data ] && [ ! -d data/hw2_data ]; then

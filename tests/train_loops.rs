@@ -123,6 +123,36 @@ fn ddpm_trains_keeps_ema_weights_and_exports_a_noise_model() {
     let f = gradekit::onnx::ModelFile::open(&model, &Default::default()).unwrap();
     let meta = format!("{:?}", f.metadata);
     assert!(meta.contains("guidance_scale") && meta.contains("\"2\"") && meta.contains("null_label"), "{meta}");
+
+    // The course's output folder, sampled by libtorch from the EMA weights, is gradable as is.
+    let samples = dir.path().join("samples");
+    ok(&["sample", p(&ck), "--out", p(&samples), "--per-class", "2", "--steps", "2", "--batch", "7"]);
+    let mut names: Vec<String> = std::fs::read_dir(&samples).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names.len(), 20, "{names:?}");
+    assert_eq!((names[0].as_str(), names[1].as_str(), names[19].as_str()), ("0_001.png", "0_002.png", "9_002.png"));
+    assert!(dir.path().join("samples.png").is_file(), "the grid beside the folder");
+    let out = Command::new(env!("CARGO_BIN_EXE_grade"))
+        .arg("digits")
+        .arg(&samples)
+        .arg("--classifier")
+        .arg(common::fixture("models/lenet-random.onnx"))
+        .args(["--backend", "tract", "--out"])
+        .arg(dir.path().join("graded"))
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0) | Some(1)), "grade digits: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn max_time_stops_with_a_checkpoint_that_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::fixture("digits/mnistm");
+    let run = dir.path().join("c");
+    ok(&["classifier", "--data", p(&data), "--out", p(&run), "--steps", "1000000", "--batch", "8", "--max-time", "1s", "--eval-every", "1000000"]);
+    let ck = run.join("checkpoint.safetensors");
+    let step: i64 = Checkpoint::read(&ck).unwrap().meta("step").unwrap().parse().unwrap();
+    assert!(step > 0 && step < 1_000_000, "stopped at step {step}");
 }
 
 #[test]

@@ -54,9 +54,9 @@ fn classify(p: &mut ParamStore, net: &Net, x: &Tensor, train: bool) -> Result<Te
     })
 }
 
-fn domain(p: &mut ParamStore, x: &Tensor, lambda: f64) -> Result<Tensor> {
-    let mut o = TchOps::new(p, true);
-    o.grl_lambda = lambda;
+/// Domain log-probabilities (creates the domain head's parameters).
+fn domain(p: &mut ParamStore, x: &Tensor) -> Result<Tensor> {
+    let mut o = TchOps::new(p, false);
     let f = dann::features(&mut o, &Tt(x.shallow_clone()))?;
     Ok(dann::domain_head(&mut o, &f)?.0)
 }
@@ -122,7 +122,7 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         let x = Tensor::zeros([2, 3, 28, 28], (Kind::Float, dev));
         let _ = classify(&mut p, &net, &x, false)?;
         if matches!(net, Net::Dann) {
-            let _ = domain(&mut p, &x, 0.0)?;
+            let _ = domain(&mut p, &x)?;
         }
         Ok(())
     })?;
@@ -141,6 +141,7 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
     let mut run = RunDir::create(&c.out, steps as u64, start as u64, kind)?;
     let mut latest = Vec::new();
     let last = c.last_step(steps);
+    let t0 = std::time::Instant::now();
     for step in start..last {
         c.seed_step(step);
         let progress = step as f64 / steps as f64;
@@ -150,20 +151,33 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         let (x, y) = labelled.batch(&src_batches.next(batch));
         let y = y.expect("labels");
         opt.zero_grad(&mut p);
-        let scores = classify(&mut p, &net, &x, true)?;
+        let target = match (unlabelled, tgt_batches.as_mut()) {
+            (Some(u), Some(tb)) => Some(u.batch(&tb.next(batch)).0),
+            _ => None,
+        };
+        let (scores, domain_loss) = match &target {
+            // DANN: one feature pass per domain feeds both heads (the domain head through the GRL).
+            Some(xt) => {
+                let mut o = TchOps::new(&mut p, true);
+                o.grl_lambda = lambda;
+                let fs = dann::features(&mut o, &Tt(x.shallow_clone()))?;
+                let scores = dann::label_head(&mut o, &fs)?.0;
+                let ds = dann::domain_head(&mut o, &fs)?.0;
+                let ft = dann::features(&mut o, &Tt(xt.shallow_clone()))?;
+                let dt = dann::domain_head(&mut o, &ft)?.0;
+                let zeros = Tensor::zeros([ds.size()[0]], (Kind::Int64, dev));
+                let ones = Tensor::ones([dt.size()[0]], (Kind::Int64, dev));
+                (scores, Some(ds.nll_loss(&zeros) + dt.nll_loss(&ones)))
+            }
+            None => (classify(&mut p, &net, &x, true)?, None),
+        };
         let class_loss = match net {
             Net::Lenet => scores.cross_entropy_for_logits(&y),
             Net::Dann => scores.nll_loss(&y),
         };
         let mut loss = class_loss.shallow_clone();
         let mut dom = 0.0;
-        if let (Some(u), Some(tb)) = (unlabelled, tgt_batches.as_mut()) {
-            let (xt, _) = u.batch(&tb.next(batch));
-            let ds = domain(&mut p, &x, lambda)?;
-            let dt = domain(&mut p, &xt, lambda)?;
-            let zeros = Tensor::zeros([ds.size()[0]], (Kind::Int64, dev));
-            let ones = Tensor::ones([dt.size()[0]], (Kind::Int64, dev));
-            let dl = ds.nll_loss(&zeros) + dt.nll_loss(&ones);
+        if let Some(dl) = domain_loss {
             dom = f64::try_from(&dl)?;
             loss = loss + dl;
         }
@@ -179,7 +193,7 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         }
         run.log(step + 1, &vals);
         run.pb.inc(1);
-        let end = step + 1 == last;
+        let end = step + 1 == last || c.time_up(t0);
         if (step + 1) % a.eval_every == 0 || end {
             latest.clear();
             for (name, set) in evals {
@@ -194,6 +208,9 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
             let m = meta(kind, step + 1, c.seed, &[("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string())]);
             ckpt::save(&run.checkpoint(), tensors, &m)?;
             run.write_curves(kind)?;
+        }
+        if end {
+            break;
         }
     }
     run.pb.finish();

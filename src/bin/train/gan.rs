@@ -75,6 +75,7 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
         run.write_curves(kind)
     };
     let last = c.last_step(steps);
+    let t0 = std::time::Instant::now();
     for step in start..last {
         c.seed_step(step);
         let n = batch.min(data.len) as i64;
@@ -127,8 +128,13 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
         }
         run.log(step + 1, &vals);
         run.pb.inc(1);
-        if (step + 1) % c.save_every == 0 || step + 1 == last {
+        let time_up = c.time_up(t0);
+        if (step + 1) % c.save_every == 0 || step + 1 == last || time_up {
             save(&mut p, &opt_g, &opt_d, &run, step + 1)?;
+        }
+        if time_up {
+            eprintln!("--max-time reached after step {}; --resume continues", step + 1);
+            break;
         }
     }
     run.pb.finish();

@@ -54,6 +54,9 @@ pub struct Common {
     /// Write the checkpoint, curves and sample grid every N steps (and at the end).
     #[arg(long, default_value_t = 500)]
     pub save_every: i64,
+    /// Stop (and checkpoint) once this much time has passed, e.g. 10m; --resume continues.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_time: Option<std::time::Duration>,
     /// Stop after step N and checkpoint (the schedules stay those of --steps; --resume continues).
     #[arg(long)]
     pub stop_at: Option<i64>,
@@ -85,6 +88,11 @@ impl Common {
     /// uninterrupted one.
     pub fn seed_step(&self, step: i64) {
         tch::manual_seed((self.seed as i64).wrapping_mul(1_000_003).wrapping_add(step));
+    }
+
+    /// Whether --max-time has run out since `t0`.
+    pub fn time_up(&self, t0: std::time::Instant) -> bool {
+        self.max_time.is_some_and(|m| t0.elapsed() >= m)
     }
 
     /// The last step this invocation runs.
@@ -183,6 +191,25 @@ enum Command {
         #[arg(long = "meta", value_name = "KEY=VALUE")]
         meta: Vec<String>,
     },
+    /// Sample the course's diffusion output folder (0_001.png ... 9_100.png) from a ddpm checkpoint
+    /// with libtorch (EMA weights, DDIM, classifier-free guidance); grade it with `grade digits`.
+    Sample {
+        checkpoint: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        per_class: usize,
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        #[arg(long, default_value_t = 3.0)]
+        guidance: f64,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Seeded weights and tch outputs for the export parity tests.
     Parity {
         #[arg(value_enum)]
@@ -262,6 +289,24 @@ fn main() -> ExitCode {
         Command::Dann { common, pair, mode, eval_every } => digits::train_dann(&common, &digits::DigitArgs { eval_every }, pair, mode),
         Command::Classifier { common, eval_every } => digits::train_classifier(&common, &digits::DigitArgs { eval_every }),
         Command::Export { kind, checkpoint, output, meta } => export(kind, &checkpoint, &output, &meta),
+        Command::Sample { checkpoint, out, per_class, steps, guidance, batch, seed, device } => {
+            let c = Common {
+                data: None,
+                out: out.clone(),
+                steps: None,
+                batch: None,
+                lr: None,
+                seed,
+                resume: None,
+                save_every: 1,
+                stop_at: None,
+                max_time: None,
+                limit: None,
+                device,
+                threads: None,
+            };
+            c.device().and_then(|dev| ddpm::sample_folder(&checkpoint, &out, per_class, steps, guidance, batch, seed, dev))
+        }
         Command::Parity { kind, out, width, batches, seed } => parity::run(kind, width, &batches, seed, &out),
     };
     match r {

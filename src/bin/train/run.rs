@@ -10,6 +10,10 @@ use indicatif::ProgressBar;
 
 pub struct RunDir {
     pub root: PathBuf,
+    /// Without a terminal (logs, CI, remote runs) a line every 30 s replaces the progress bar.
+    last_line: std::time::Instant,
+    started: std::time::Instant,
+    start_step: u64,
     /// name -> (step, value)
     pub curves: BTreeMap<String, Vec<(f64, f64)>>,
     pub pb: ProgressBar,
@@ -26,7 +30,8 @@ impl RunDir {
         );
         pb.set_prefix(what.to_string());
         pb.set_position(start);
-        Ok(RunDir { root: root.to_path_buf(), curves: BTreeMap::new(), pb })
+        let now = std::time::Instant::now();
+        Ok(RunDir { root: root.to_path_buf(), curves: BTreeMap::new(), pb, last_line: now, started: now, start_step: start })
     }
 
     pub fn log(&mut self, step: i64, values: &[(&str, f64)]) {
@@ -35,6 +40,11 @@ impl RunDir {
         }
         let msg: Vec<String> = values.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
         self.pb.set_message(msg.join("  "));
+        if self.pb.is_hidden() && self.last_line.elapsed().as_secs() >= 30 {
+            self.last_line = std::time::Instant::now();
+            let rate = (step as u64).saturating_sub(self.start_step) as f64 / self.started.elapsed().as_secs_f64();
+            eprintln!("step {step}/{}: {} ({rate:.1} steps/s)", self.pb.length().unwrap_or(0), msg.join("  "));
+        }
     }
 
     pub fn checkpoint(&self) -> PathBuf {
