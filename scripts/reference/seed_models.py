@@ -3,7 +3,7 @@
 printout (module names as printed), to check gradekit's definitions against PyTorch's own modules
 (MultiheadAttention, GroupNorm, LayerNorm, GELU, Upsample(align_corners=True), Embedding, Dropout2d).
 
-usage: python seed_models.py OUT_DIR unet|dann [WIDTH]
+usage: python seed_models.py OUT_DIR unet|dann [WIDTH] [BATCHES, default 1,7]
 writes OUT_DIR/model.pth (a state_dict after one training-mode pass, affine parameters perturbed so a
 swapped parameter shows) and OUT_DIR/reference.json: inputs and PyTorch's eval-mode outputs at batch 1
 and 7 (UNet: mixed timesteps, labels 0-9 and the null label 10 = no label embedding).
@@ -152,6 +152,7 @@ class DANN(nn.Module):
 def main():
     out, kind = pathlib.Path(sys.argv[1]), sys.argv[2]
     width = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+    batches = [int(b) for b in sys.argv[4].split(",")] if len(sys.argv) > 4 else [1, 7]
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(7)
     net = DiffusionUNetSmall(width) if kind == "unet" else DANN()
@@ -175,7 +176,7 @@ def main():
     torch.save(net.state_dict(), out / "model.pth")
     ref = {"torch_version": torch.__version__, "kind": kind, "width": width, "batches": {}}
     with torch.no_grad():
-        for n in (1, 7):
+        for n in batches:
             x, t, y = inputs(n)
             o = net(x, t, y) if kind == "unet" else net(x)
             ref["batches"][str(n)] = {"x": x.flatten().tolist(), "t": t.tolist(), "label": y.tolist(), "out": o.flatten().tolist(), "out_shape": list(o.shape)}

@@ -98,11 +98,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(if report.ok { 0 } else { 2 })
         }
         Command::Convert { kind, pth, output, key, prefix, meta } => {
-            let meta = meta
-                .iter()
-                .map(|m| m.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| anyhow::anyhow!("--meta takes KEY=VALUE"))?;
+            let meta = tasks::parse_meta(&meta)?.into_iter().collect();
             let opts = tasks::convert::ConvertOptions { key: key.as_deref(), prefix: prefix.as_deref(), meta };
             let unused = tasks::convert::convert(kind, &pth, &output, &opts)?;
             println!("wrote {}", output.display());

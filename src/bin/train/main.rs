@@ -256,11 +256,7 @@ pub fn pictures_from(x: &Tensor, cols: usize) -> Result<image::RgbImage> {
 
 fn export(kind: ExportKind, ckpt_path: &Path, out: &Path, meta: &[String]) -> Result<()> {
     use gradekit::tasks::convert::{convert, ConvertKind, ConvertOptions};
-    let meta = meta
-        .iter()
-        .map(|m| m.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| anyhow::anyhow!("--meta takes KEY=VALUE"))?;
+    let meta = gradekit::tasks::parse_meta(meta)?.into_iter().collect();
     let (ck, prefix) = match kind {
         ExportKind::Dcgan | ExportKind::WganGp => (ConvertKind::Generator, Some("generator.")),
         ExportKind::Ddpm => (ConvertKind::Unet, None),
