@@ -126,12 +126,13 @@ fn ddpm_trains_keeps_ema_weights_and_exports_a_noise_model() {
 
     // The course's output folder, sampled by libtorch from the EMA weights, is gradable as is.
     let samples = dir.path().join("samples");
-    ok(&["sample", p(&ck), "--out", p(&samples), "--per-class", "2", "--steps", "2", "--batch", "7"]);
+    let grid = dir.path().join("grid.png");
+    ok(&["sample", p(&ck), "--out", p(&samples), "--grid", p(&grid), "--per-class", "2", "--steps", "2", "--batch", "7"]);
     let mut names: Vec<String> = std::fs::read_dir(&samples).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
     assert_eq!(names.len(), 20, "{names:?}");
     assert_eq!((names[0].as_str(), names[1].as_str(), names[19].as_str()), ("0_001.png", "0_002.png", "9_002.png"));
-    assert!(dir.path().join("samples.png").is_file(), "the grid beside the folder");
+    assert!(grid.is_file(), "the grid where asked");
     let out = Command::new(env!("CARGO_BIN_EXE_grade"))
         .arg("digits")
         .arg(&samples)
@@ -220,6 +221,13 @@ fn bad_training_inputs_fail_with_the_file_and_the_fix() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("net.0.weight"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!dir.path().join("g.onnx").exists());
+
+    // A second run into a folder holding a checkpoint must say --resume or --force, and keep it.
+    let before = std::fs::read(&ck).unwrap();
+    let out = train(&["classifier", "--data", p(&data), "--out", p(&run), "--steps", "1", "--batch", "8"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&ck).unwrap(), before);
 
     // A corrupt checkpoint is refused by name.
     let bad = dir.path().join("bad.safetensors");

@@ -28,7 +28,7 @@ $W/train ddpm --device $DEVICE --data $W/data/mnistm --out $W/ddpm --width $WIDT
   --max-time $TRAIN_TIME --save-every 2000 --sample-steps 25 --threads 8 --seed 1
 echo "train exit $? after $(( $(date +%s) - T0 )) s"
 T1=$(date +%s)
-$W/train sample $W/ddpm/checkpoint.safetensors --device $DEVICE --out $W/samples --per-class $PER_CLASS --steps 100 --guidance 3 --batch 1000 --seed 0
+$W/train sample $W/ddpm/checkpoint.safetensors --device $DEVICE --out $W/samples --grid $W/samples.png --per-class $PER_CLASS --steps 100 --guidance 3 --batch 1000 --seed 0
 echo "sample exit $? after $(( $(date +%s) - T1 )) s"
 $W/train export ddpm $W/ddpm/checkpoint.safetensors -o $W/unet.onnx
 ls -la $W/unet.onnx $W/ddpm

@@ -82,7 +82,7 @@ pub struct DigitArgs {
 }
 
 pub fn train_classifier(c: &Common, a: &DigitArgs) -> Result<()> {
-    let dev = c.device()?;
+    let dev = c.start()?;
     let dir = c.data_dir("data/hw2_data/digits/mnistm");
     let train = digit_split(&dir, "train", c.limit, dev)?;
     let val = digit_split(&dir, "val", None, dev)?;
@@ -92,7 +92,7 @@ pub fn train_classifier(c: &Common, a: &DigitArgs) -> Result<()> {
 }
 
 pub fn train_dann(c: &Common, a: &DigitArgs, pair: Pair, mode: Mode) -> Result<()> {
-    let dev = c.device()?;
+    let dev = c.start()?;
     let root = c.data_dir("data/hw2_data/digits");
     let tgt_dir = root.join(pair.target());
     let src_dir = root.join("mnistm");

@@ -41,7 +41,7 @@ pub fn discriminate(p: &mut ParamStore, x: &Tensor, width: usize, critic: bool, 
 
 pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
     let kind = if g.wgan { "wgan-gp" } else { "dcgan" };
-    let dev = c.device()?;
+    let dev = c.start()?;
     tch::manual_seed(c.seed as i64);
     let data = image_folder(&c.data_dir("data/hw2_data/face/train"), 64, c.limit, dev)?;
     let mut p = ParamStore::new(dev, Init::Dcgan);

@@ -66,12 +66,25 @@ pub struct Common {
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Start over in an --out folder that already holds a checkpoint (it is overwritten).
+    #[arg(long)]
+    pub force: bool,
     /// CPU threads for libtorch (default: all cores).
     #[arg(long)]
     pub threads: Option<i32>,
 }
 
 impl Common {
+    /// Checks the options before any data is read (an --out folder holding a checkpoint needs
+    /// --resume or --force) and returns the device.
+    pub fn start(&self) -> Result<Device> {
+        let ck = self.out.join("checkpoint.safetensors");
+        if ck.exists() && self.resume.is_none() && !self.force {
+            bail!("{} already holds a checkpoint: continue it with --resume {}, or pass --force to start over", self.out.display(), ck.display());
+        }
+        self.device()
+    }
+
     pub fn device(&self) -> Result<Device> {
         if let Some(t) = self.threads {
             tch::set_num_threads(t);
@@ -195,8 +208,12 @@ enum Command {
     /// with libtorch (EMA weights, DDIM, classifier-free guidance); grade it with `grade digits`.
     Sample {
         checkpoint: PathBuf,
+        /// The folder for 0_001.png ... 9_100.png (nothing else is written into it).
         #[arg(long, short)]
         out: PathBuf,
+        /// Also write a grid of the first ten samples per digit to this PNG file.
+        #[arg(long)]
+        grid: Option<PathBuf>,
         #[arg(long, default_value_t = 100)]
         per_class: usize,
         #[arg(long, default_value_t = 50)]
@@ -285,7 +302,7 @@ fn main() -> ExitCode {
         Command::Dann { common, pair, mode, eval_every } => digits::train_dann(&common, &digits::DigitArgs { eval_every }, pair, mode),
         Command::Classifier { common, eval_every } => digits::train_classifier(&common, &digits::DigitArgs { eval_every }),
         Command::Export { kind, checkpoint, output, meta } => export(kind, &checkpoint, &output, &meta),
-        Command::Sample { checkpoint, out, per_class, steps, guidance, batch, seed, device } => {
+        Command::Sample { checkpoint, out, grid, per_class, steps, guidance, batch, seed, device } => {
             let c = Common {
                 data: None,
                 out: out.clone(),
@@ -300,8 +317,9 @@ fn main() -> ExitCode {
                 limit: None,
                 device,
                 threads: None,
+                force: false,
             };
-            c.device().and_then(|dev| ddpm::sample_folder(&checkpoint, &out, per_class, steps, guidance, batch, seed, dev))
+            c.device().and_then(|dev| ddpm::sample_folder(&checkpoint, &out, grid.as_deref(), per_class, steps, guidance, batch, seed, dev))
         }
         Command::Parity { kind, out, width, batches, seed } => parity::run(kind, width, &batches, seed, &out),
     };
