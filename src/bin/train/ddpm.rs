@@ -1,6 +1,8 @@
 //! `train ddpm`: the seed's Diffusion_UNet_Small on MNIST-M as dome272 trains it: t uniform in
 //! [1, T), x_t = sqrt(a_bar) x + sqrt(1 - a_bar) eps, MSE on eps, AdamW (3e-4), 10% of labels dropped
-//! to the null label for classifier-free guidance, EMA weights (0.995) for sampling and export.
+//! to the null label for classifier-free guidance (per sample; dome272 drops a whole batch's labels
+//! 10% of the time, the same rate in expectation), EMA weights (0.995, from step 2000) for sampling
+//! and export.
 
 use anyhow::Result;
 use gradekit::nn::unet;
