@@ -14,8 +14,11 @@ pub struct Series<'a> {
 fn nice(v: f64) -> String {
     if v == 0.0 {
         "0".into()
-    } else if v.abs() >= 1000.0 || v.abs() < 0.01 {
+    } else if v.abs() >= 1e7 || v.abs() < 0.01 {
         format!("{v:.2e}")
+    } else if v.abs() >= 100.0 {
+        // Step counts and other large values read best as whole numbers.
+        format!("{v:.0}")
     } else {
         format!("{v:.3}")
     }
@@ -102,6 +105,9 @@ mod tests {
         // First point at the left edge and the top (largest y), second at the right edge and bottom.
         assert!(svg.contains("points=\"80.0,40.0 780.0,400.0\""), "{svg}");
         assert!(svg.contains(">2.000<") && svg.contains(">1.000<"));
+        // x ticks at 0, 2.5, ..., 10 (the NaN point is dropped); large values as whole numbers.
+        assert!(svg.contains(">2.500<") && svg.contains(">10.000<"));
+        assert_eq!((nice(1125.0), nice(3e8), nice(0.001)), ("1125".to_string(), "3.00e8".to_string(), "1.00e-3".to_string()));
     }
 
     #[test]
