@@ -161,6 +161,7 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
     let mut run = RunDir::create(&c.out, steps as u64, start as u64, "ddpm")?;
     let last = c.last_step(steps);
     let t0 = std::time::Instant::now();
+    let mut done = start;
     for step in start..last {
         c.seed_step(step);
         let (x, y) = data.batch(&batches.next(batch));
@@ -184,6 +185,7 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
         }
         run.log(step + 1, &[("mse", l)]);
         run.pb.inc(1);
+        done = step + 1;
         let time_up = c.time_up(t0);
         if (step + 1) % c.save_every == 0 || step + 1 == last || time_up {
             let mut tensors: Vec<(String, Tensor)> = p.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
@@ -205,6 +207,6 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
         }
     }
     run.pb.finish();
-    eprintln!("ddpm: {steps} steps; checkpoint {} (export uses the EMA weights)", run.checkpoint().display());
+    eprintln!("ddpm: step {done} of {steps}; checkpoint {} (export uses the EMA weights)", run.checkpoint().display());
     Ok(())
 }

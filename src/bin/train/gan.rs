@@ -76,6 +76,7 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
     };
     let last = c.last_step(steps);
     let t0 = std::time::Instant::now();
+    let mut done = start;
     for step in start..last {
         c.seed_step(step);
         let n = batch.min(data.len) as i64;
@@ -128,6 +129,7 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
         }
         run.log(step + 1, &vals);
         run.pb.inc(1);
+        done = step + 1;
         let time_up = c.time_up(t0);
         if (step + 1) % c.save_every == 0 || step + 1 == last || time_up {
             save(&mut p, &opt_g, &opt_d, &run, step + 1)?;
@@ -138,6 +140,6 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
         }
     }
     run.pb.finish();
-    eprintln!("{kind}: {steps} steps; checkpoint {}, samples in {}", run.checkpoint().display(), run.root.join("samples").display());
+    eprintln!("{kind}: step {done} of {steps}; checkpoint {}, samples in {}", run.checkpoint().display(), run.root.join("samples").display());
     Ok(())
 }
