@@ -12,7 +12,7 @@ use crate::data::{digit_split, Batches};
 use crate::optim::{Adam, Ema};
 use crate::run::{meta, RunDir};
 use crate::tch_ops::{Init, ParamStore, TchOps, Tt};
-use crate::{ckpt, pictures_from, Common};
+use crate::{ckpt, images_from, pictures_from, Common};
 
 pub struct DdpmArgs {
     pub width: usize,
@@ -29,16 +29,28 @@ pub fn noise_model(p: &mut ParamStore, x: &Tensor, t: &Tensor, y: &Tensor, width
     Ok(unet::forward(&mut o, &Tt(x.shallow_clone()), &Tt(t.shallow_clone()), &Tt(y.shallow_clone()), width)?.0)
 }
 
-/// alpha_bar[t] for the linear schedule (float32, as PyTorch computes it).
-pub fn alpha_bar(dev: Device) -> Tensor {
-    let beta = Tensor::linspace(1e-4, 0.02, T, (Kind::Float, dev));
-    (-&beta + 1.0).cumprod(0, Kind::Float)
+/// alpha_bar[t] of the linear schedule, from the same `Schedule` the grader's samplers use.
+pub fn alpha_bar(dev: Device) -> Result<Tensor> {
+    let s = gradekit::diffusion::schedule::Schedule::new("linear", 1e-4, 0.02, T as usize)?;
+    let ab: Vec<f32> = s.alpha_bars().iter().map(|&v| v as f32).collect();
+    Ok(Tensor::from_slice(&ab).to_device(dev))
+}
+
+/// A UNet of `width` with its parameters created (PyTorch's default initialisation).
+fn unet_store(dev: Device, width: usize) -> Result<ParamStore> {
+    let mut p = ParamStore::new(dev, Init::Torch);
+    let _ = tch::no_grad(|| {
+        let x = Tensor::zeros([1, 3, 28, 28], (Kind::Float, dev));
+        let t = Tensor::ones([1], (Kind::Int64, dev));
+        noise_model(&mut p, &x, &t, &t, width, false)
+    })?;
+    Ok(p)
 }
 
 /// DDIM (eta = 0) sampling with classifier-free guidance `w` for the given labels.
 pub fn ddim(p: &mut ParamStore, width: usize, labels: &Tensor, steps: usize, w: f64, dev: Device) -> Result<Tensor> {
     tch::no_grad(|| {
-        let ab = alpha_bar(dev);
+        let ab = alpha_bar(dev)?;
         let n = labels.size()[0];
         let null = Tensor::full([n], unet::NUM_CLASSES as i64, (Kind::Int64, dev));
         let mut x = Tensor::randn([n, 3, 28, 28], (Kind::Float, dev));
@@ -78,12 +90,7 @@ pub fn preview(p: &mut ParamStore, width: usize, rows: i64, steps: usize, w: f64
 pub fn sample_folder(ckpt_path: &std::path::Path, out: &std::path::Path, grid: Option<&std::path::Path>, per_class: usize, steps: usize, w: f64, batch: usize, seed: u64, dev: Device) -> Result<()> {
     let (tensors, meta) = ckpt::load(ckpt_path, dev)?;
     let width: usize = meta.get("width").and_then(|s| s.parse().ok()).unwrap_or(unet::SEED_WIDTH);
-    let mut p = ParamStore::new(dev, Init::Torch);
-    let _ = tch::no_grad(|| {
-        let x = Tensor::zeros([1, 3, 28, 28], (Kind::Float, dev));
-        let t = Tensor::ones([1], (Kind::Int64, dev));
-        noise_model(&mut p, &x, &t, &t, width, false)
-    })?;
+    let mut p = unet_store(dev, width)?;
     let has_ema = tensors.keys().any(|k| k.starts_with("ema."));
     let src: std::collections::BTreeMap<String, Tensor> = tensors
         .iter()
@@ -98,11 +105,8 @@ pub fn sample_folder(ckpt_path: &std::path::Path, out: &std::path::Path, grid: O
     for (b, chunk) in labels.chunks(batch.max(1)).enumerate() {
         let l = Tensor::from_slice(chunk).to_device(dev);
         let x = ddim(&mut p, width, &l, steps, w, dev)?;
-        let (_, data) = ckpt::to_vec(&x);
-        let to_u8 = |v: f32| (((v.clamp(-1.0, 1.0) + 1.0) / 2.0) * 255.0).round() as u8;
-        for (i, &d) in chunk.iter().enumerate() {
+        for (i, (&d, img)) in chunk.iter().zip(images_from(&x)).enumerate() {
             let k = b * batch + i - d as usize * per_class + 1;
-            let img = gradekit::pictures::chw_to_rgb(&data[i * 2352..(i + 1) * 2352], 28, 28, to_u8);
             img.save(out.join(format!("{d}_{k:03}.png")))?;
             if k <= 10 {
                 first.push((d, k, img));
@@ -135,27 +139,19 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
     let dev = c.start()?;
     tch::manual_seed(c.seed as i64);
     let data = digit_split(&c.data_dir("data/hw2_data/digits/mnistm"), "train", c.limit, dev)?;
-    let mut p = ParamStore::new(dev, Init::Torch);
-    let _ = tch::no_grad(|| {
-        let x = Tensor::zeros([1, 3, 28, 28], (Kind::Float, dev));
-        let t = Tensor::ones([1], (Kind::Int64, dev));
-        noise_model(&mut p, &x, &t, &t, a.width, false)
-    })?;
+    let mut p = unet_store(dev, a.width)?;
     let lr = c.lr.unwrap_or(3e-4);
     let mut opt = Adam::new(p.group(""), lr, (0.9, 0.999), 0.01);
     let steps = c.steps.unwrap_or(30_000);
     let batch = c.batch.unwrap_or(128);
     let mut ema = Ema::new(a.ema_beta, (steps / 10).min(2000));
-    let start = c.resume_into("ddpm", &mut p, &mut [("main", &mut opt)])?;
-    if let Some(r) = &c.resume {
-        let (t, _) = ckpt::load(r, dev)?;
-        for (k, v) in t {
-            if let Some(n) = k.strip_prefix("ema.") {
-                ema.shadow.insert(n.to_string(), v);
-            }
+    let (start, resumed) = c.resume_into("ddpm", &mut p, &mut [("main", &mut opt)])?;
+    for (k, v) in resumed {
+        if let Some(n) = k.strip_prefix("ema.") {
+            ema.shadow.insert(n.to_string(), v);
         }
     }
-    let ab = alpha_bar(dev);
+    let ab = alpha_bar(dev)?;
     let mut batches = Batches::new(data.len, c.seed);
     batches.skip(start, batch);
     let mut run = RunDir::create(&c.out, steps as u64, start as u64, "ddpm")?;
@@ -188,7 +184,7 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
         done = step + 1;
         let time_up = c.time_up(t0);
         if (step + 1) % c.save_every == 0 || step + 1 == last || time_up {
-            let mut tensors: Vec<(String, Tensor)> = p.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+            let mut tensors = p.named();
             tensors.extend(ema.shadow.iter().map(|(k, v)| (format!("ema.{k}"), v.shallow_clone())));
             tensors.extend(opt.state("main"));
             let m = meta("ddpm", step + 1, c.seed, &[("width", a.width.to_string()), ("batch", batch.to_string()), ("lr", lr.to_string()), ("ema_beta", a.ema_beta.to_string())]);

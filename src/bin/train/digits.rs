@@ -130,7 +130,7 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
     let mut opt = Adam::new(p.group(""), lr, (0.9, 0.999), 0.0);
     let steps = c.steps.unwrap_or(5000);
     let batch = c.batch.unwrap_or(128);
-    let start = c.resume_into(kind, &mut p, &mut [("main", &mut opt)])?;
+    let (start, _) = c.resume_into(kind, &mut p, &mut [("main", &mut opt)])?;
     let mut src_batches = Batches::new(labelled.len, c.seed);
     src_batches.skip(start, batch);
     let mut tgt_batches = unlabelled.map(|u| {
@@ -203,7 +203,7 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
             }
         }
         if (step + 1) % c.save_every == 0 || end {
-            let mut tensors: Vec<(String, Tensor)> = p.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+            let mut tensors = p.named();
             tensors.extend(opt.state("main"));
             let m = meta(kind, step + 1, c.seed, &[("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string())]);
             ckpt::save(&run.checkpoint(), tensors, &m)?;

@@ -57,14 +57,14 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
     let mut opt_d = Adam::new(p.group("discriminator."), lr, betas, 0.0);
     let steps = c.steps.unwrap_or(if g.wgan { 20_000 } else { 10_000 });
     let batch = c.batch.unwrap_or(if g.wgan { 64 } else { 128 });
-    let start = c.resume_into(kind, &mut p, &mut [("g", &mut opt_g), ("d", &mut opt_d)])?;
+    let (start, _) = c.resume_into(kind, &mut p, &mut [("g", &mut opt_g), ("d", &mut opt_d)])?;
     let inner = if g.wgan { g.critic_steps } else { 1 };
     let mut batches = Batches::new(data.len, c.seed);
     batches.skip(start * inner as i64, batch);
     let fixed_z = Tensor::randn([64, dcgan::LATENT as i64, 1, 1], (Kind::Float, dev));
     let mut run = RunDir::create(&c.out, steps as u64, start as u64, kind)?;
     let save = |p: &mut ParamStore, opt_g: &Adam, opt_d: &Adam, run: &RunDir, step: i64| -> Result<()> {
-        let mut t: Vec<(String, Tensor)> = p.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        let mut t = p.named();
         t.extend(opt_g.state("g"));
         t.extend(opt_d.state("d"));
         ckpt::save(&run.checkpoint(), t, &meta(kind, step, c.seed, &[("width", g.width.to_string()), ("batch", batch.to_string()), ("lr", lr.to_string())]))?;

@@ -12,6 +12,7 @@ mod parity;
 mod run;
 mod tch_ops;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -89,12 +90,7 @@ impl Common {
         if let Some(t) = self.threads {
             tch::set_num_threads(t);
         }
-        match self.device.as_str() {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-            "cuda" => bail!("--device cuda: libtorch sees no CUDA device (build against the CUDA libtorch: `bash scripts/install-libtorch.sh cuda`, and check the driver)"),
-            d => bail!("--device {d}: use cpu or cuda"),
-        }
+        parse_device(&self.device)
     }
 
     /// Seeds libtorch's generator for one step, so a resumed run draws the same noise as an
@@ -117,9 +113,10 @@ impl Common {
         self.data.clone().unwrap_or_else(|| PathBuf::from(default))
     }
 
-    /// Loads `--resume` into the built model and optimisers; returns the step to continue from.
-    pub fn resume_into(&self, kind: &str, p: &mut ParamStore, opts: &mut [(&str, &mut Adam)]) -> Result<i64> {
-        let Some(path) = &self.resume else { return Ok(0) };
+    /// Loads `--resume` into the built model and optimisers; returns the step to continue from and
+    /// the checkpoint's tensors (for state kept elsewhere, such as EMA weights).
+    pub fn resume_into(&self, kind: &str, p: &mut ParamStore, opts: &mut [(&str, &mut Adam)]) -> Result<(i64, BTreeMap<String, Tensor>)> {
+        let Some(path) = &self.resume else { return Ok((0, BTreeMap::new())) };
         let (tensors, meta) = ckpt::load(path, p.device)?;
         let theirs = meta.get("kind").map(String::as_str).unwrap_or("?");
         if theirs != kind {
@@ -131,7 +128,7 @@ impl Common {
             o.load_state(tag, &tensors);
         }
         eprintln!("resumed from {} at step {step}", path.display());
-        Ok(step)
+        Ok((step, tensors))
     }
 }
 
@@ -260,14 +257,28 @@ enum ExportKind {
     Critic,
 }
 
-/// A [N, 3, H, W] tensor in [-1, 1] as a grid picture.
-pub fn pictures_from(x: &Tensor, cols: usize) -> Result<image::RgbImage> {
+/// `--device cpu|cuda` as a tch device; cuda must be visible to libtorch.
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => bail!("--device cuda: libtorch sees no CUDA device (build against the CUDA libtorch: `bash scripts/install-libtorch.sh cuda`, and check the driver)"),
+        d => bail!("--device {d}: use cpu or cuda"),
+    }
+}
+
+/// A [N, 3, H, W] tensor in [-1, 1] as images, with the course's pixel rounding.
+pub fn images_from(x: &Tensor) -> Vec<image::RgbImage> {
     let (shape, data) = ckpt::to_vec(x);
     let (n, h, w) = (shape[0], shape[2], shape[3]);
     let per = 3 * h * w;
-    let to_u8 = |v: f32| (((v.clamp(-1.0, 1.0) + 1.0) / 2.0) * 255.0).round() as u8;
-    let imgs: Vec<_> = (0..n).map(|i| gradekit::pictures::chw_to_rgb(&data[i * per..(i + 1) * per], w as u32, h as u32, to_u8)).collect();
-    let scale = if h < 40 { 3 } else { 1 };
+    (0..n).map(|i| gradekit::pictures::chw_to_rgb(&data[i * per..(i + 1) * per], w as u32, h as u32, gradekit::diffusion::sampler::to_u8)).collect()
+}
+
+/// A [N, 3, H, W] tensor in [-1, 1] as a grid picture.
+pub fn pictures_from(x: &Tensor, cols: usize) -> Result<image::RgbImage> {
+    let imgs = images_from(x);
+    let scale = if imgs.first().is_some_and(|i| i.height() < 40) { 3 } else { 1 };
     Ok(gradekit::pictures::grid(&imgs, cols, 2, scale))
 }
 
@@ -302,25 +313,8 @@ fn main() -> ExitCode {
         Command::Dann { common, pair, mode, eval_every } => digits::train_dann(&common, &digits::DigitArgs { eval_every }, pair, mode),
         Command::Classifier { common, eval_every } => digits::train_classifier(&common, &digits::DigitArgs { eval_every }),
         Command::Export { kind, checkpoint, output, meta } => export(kind, &checkpoint, &output, &meta),
-        Command::Sample { checkpoint, out, grid, per_class, steps, guidance, batch, seed, device } => {
-            let c = Common {
-                data: None,
-                out: out.clone(),
-                steps: None,
-                batch: None,
-                lr: None,
-                seed,
-                resume: None,
-                save_every: 1,
-                stop_at: None,
-                max_time: None,
-                limit: None,
-                device,
-                threads: None,
-                force: false,
-            };
-            c.device().and_then(|dev| ddpm::sample_folder(&checkpoint, &out, grid.as_deref(), per_class, steps, guidance, batch, seed, dev))
-        }
+        Command::Sample { checkpoint, out, grid, per_class, steps, guidance, batch, seed, device } => parse_device(&device)
+            .and_then(|dev| ddpm::sample_folder(&checkpoint, &out, grid.as_deref(), per_class, steps, guidance, batch, seed, dev)),
         Command::Parity { kind, out, width, batches, seed } => parity::run(kind, width, &batches, seed, &out),
     };
     match r {

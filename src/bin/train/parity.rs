@@ -76,7 +76,7 @@ pub fn run(kind: ParityKind, width: usize, batches: &[i64], seed: u64, out: &Pat
             }
         }
     });
-    let tensors: Vec<(String, Tensor)> = p.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+    let tensors = p.named();
     let meta = BTreeMap::from([("kind".to_string(), format!("{kind:?}").to_lowercase()), ("width".to_string(), width.to_string())]);
     ckpt::save(&out.join("weights.safetensors"), tensors, &meta)?;
     let mut io = Vec::new();

@@ -41,6 +41,11 @@ impl ParamStore {
         ParamStore { vars: BTreeMap::new(), buffers: Default::default(), device, init, prefix: String::new() }
     }
 
+    /// Every tensor (parameters and buffers) under its name, for checkpoints.
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        self.vars.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect()
+    }
+
     /// The trainable parameters, in name order.
     pub fn trainable(&self) -> Vec<(&String, &Tensor)> {
         self.vars.iter().filter(|(k, _)| !self.buffers.contains(*k)).collect()
