@@ -7,10 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.mldeps/torch
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch, pytorch_fid; assert torch.__version__.startswith('2.11.0')" 2>/dev/null; then
+# diffusers: its DDIM / DPM-Solver++ schedulers are the golden reference for the grader's samplers.
+DIFFUSERS=0.42.1
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch, pytorch_fid, diffusers; assert torch.__version__.startswith('2.11.0') and diffusers.__version__ == '$DIFFUSERS'" 2>/dev/null; then
   echo "torch venv ready: $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"; exit 0
 fi
-rm -rf "$VENV"
-python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.11.0 torchvision==0.26.0 pytorch-fid==0.3.0 scipy
+if ! { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import torch, pytorch_fid; assert torch.__version__.startswith('2.11.0')" 2>/dev/null; }; then
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check torch==2.11.0 torchvision==0.26.0 pytorch-fid==0.3.0 scipy
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "diffusers==$DIFFUSERS"
 "$VENV/bin/python" -c "import torch, pytorch_fid; print('torch venv ready:', torch.__version__)"

@@ -30,6 +30,9 @@ pub struct RuntimeArgs {
     /// Threads for ONNX Runtime (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// ONNX Runtime graph optimisation (default: basic for diffusion noise models, all otherwise).
+    #[arg(long, value_enum)]
+    pub ort_opt: Option<crate::runtime::OrtOpt>,
     /// Images per inference batch (default: 256 for classifiers, the grader spec's for generators).
     #[arg(long)]
     pub batch: Option<usize>,
@@ -98,10 +101,10 @@ pub enum Command {
         /// The digit classifier that judges the images (default: the bundled fixture classifier).
         #[arg(long)]
         classifier: Option<PathBuf>,
-        /// Sampler (default from graders/ddpm.toml).
+        /// Sampler (default from graders/ddpm.toml: dpm-solver, DPM-Solver++(2M)); ddpm is dome272's 1000-step ancestral sampler.
         #[arg(long, value_enum)]
         sampler: Option<SamplerArg>,
-        /// Sampling steps, or `auto`: the largest DDIM step count that fits the budget.
+        /// Sampling steps, or `auto`: the most steps that fit about 90% of the budget (measured on the real batch).
         #[arg(long)]
         steps: Option<String>,
         /// Classifier-free guidance scale w (eps = uncond + w (cond - uncond)); default from the model.
@@ -110,9 +113,12 @@ pub enum Command {
         /// DDIM eta (0 = deterministic).
         #[arg(long, default_value_t = 0.0)]
         eta: f64,
-        /// Clip the predicted x0 to [-1, 1] at every step.
-        #[arg(long)]
+        /// Clip the predicted x0 to [-1, 1] at every step (the default for ddim and dpm-solver).
+        #[arg(long, conflicts_with = "no_clip")]
         clip: bool,
+        /// Do not clip the predicted x0 (the default for ddpm, as dome272 samples).
+        #[arg(long)]
+        no_clip: bool,
         /// Seed of the initial noise.
         #[arg(long)]
         seed: Option<u64>,

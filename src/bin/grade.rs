@@ -14,7 +14,7 @@ use gradekit::tasks::{self, RunOptions};
 fn run_options(rt: Option<&RuntimeArgs>, out: &OutputArgs) -> Result<RunOptions> {
     Ok(RunOptions {
         runtime: rt
-            .map(|r| RuntimeOptions { backend: r.backend, device: r.device, threads: r.threads })
+            .map(|r| RuntimeOptions { backend: r.backend, device: r.device, threads: r.threads, ort_opt: r.ort_opt })
             .unwrap_or_default(),
         batch: rt.and_then(|r| r.batch).unwrap_or(0),
         out: out.out.clone(),
@@ -33,8 +33,9 @@ fn run(cli: Cli) -> Result<i32> {
             let args = tasks::dann::DannArgs { pair, model, data, split, resize, spec: output.spec.clone() };
             Ok(tasks::dann::run(&args, &opts)?.exit_code())
         }
-        Command::Ddpm { model, classifier, sampler, steps, guidance, eta, clip, seed, keep_going, runtime, output } => {
+        Command::Ddpm { model, classifier, sampler, steps, guidance, eta, clip, no_clip, seed, keep_going, runtime, output } => {
             let opts = run_options(Some(&runtime), &output)?;
+            let clip = if no_clip { Some(false) } else if clip { Some(true) } else { None };
             let args = tasks::ddpm::DdpmArgs { model, classifier, sampler, steps, guidance, eta, clip, seed, keep_going, spec: output.spec.clone() };
             Ok(tasks::ddpm::run(&args, &opts)?.exit_code())
         }
@@ -44,7 +45,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(tasks::gan::run(&args, &opts)?.exit_code())
         }
         Command::Fid { a, b, inception, json, runtime } => {
-            let rt = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads };
+            let rt = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
             let v = tasks::gan::fid_folders(&a, &b, &inception, &rt, false)?;
             println!("FID: {}", v["fid"]);
             if !v["kid"].is_null() {
@@ -56,7 +57,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::FidStats { dir, output, inception, runtime } => {
-            let rt = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads };
+            let rt = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
             let s = tasks::gan::fid_stats(&dir, &output, &inception, &rt, false)?;
             println!("wrote {} (statistics of {} images)", output.display(), s.n);
             Ok(0)
@@ -87,7 +88,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(tasks::csv_grade::run(&args, &opts)?.exit_code())
         }
         Command::Check { model, kind, runtime, json } => {
-            let opts = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads };
+            let opts = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
             let meta = tasks::parse_meta(&runtime.meta)?;
             let report = tasks::check::run(&model, kind, &meta, &opts)?;
             if json {

@@ -8,7 +8,7 @@ pub mod schedule;
 mod tests;
 
 pub use sampler::{
-    sample, timesteps, to_u8, Control, Frame, NoiseModel, SampleConfig, SampleOutcome, SamplerKind,
+    sample, sample_from, timesteps, to_u8, Control, Frame, NoiseModel, SampleConfig, SampleOutcome, SamplerKind,
     Snapshots, StepEvent,
 };
 pub use schedule::Schedule;

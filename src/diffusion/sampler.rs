@@ -1,5 +1,7 @@
-//! DDPM (ancestral, in the exact form of dome272/Diffusion-Models-pytorch) and DDIM samplers
-//! for a class-conditional noise predictor, with classifier-free guidance.
+//! DDPM (ancestral, in the exact form of dome272/Diffusion-Models-pytorch), DDIM and
+//! DPM-Solver++(2M) samplers for a class-conditional noise predictor, with classifier-free guidance.
+//! DDIM and DPM-Solver++ step exactly like diffusers' `DDIMScheduler` and
+//! `DPMSolverMultistepScheduler` on the same timesteps (tests/sampler_golden.rs checks it).
 //!
 //! Conventions (see README.md for the reasoning):
 //! - timesteps are 0-based; the model is only ever called with t in 1..=T-1, as in training;
@@ -35,6 +37,20 @@ pub enum SamplerKind {
     Ddpm,
     /// DDIM over a subset of timesteps; `eta` in [0, 1] (0 = deterministic).
     Ddim { eta: f64 },
+    /// DPM-Solver++ (2M): second-order multistep on the data (x0) prediction, first order on the
+    /// first and the last step (as diffusers' default `lower_order_final`); deterministic.
+    DpmSolver2M,
+}
+
+impl SamplerKind {
+    /// The name the reports use: `ddpm`, `ddim(eta=0)`, `dpm-solver++(2m)`.
+    pub fn label(&self) -> String {
+        match self {
+            SamplerKind::Ddpm => "ddpm".into(),
+            SamplerKind::Ddim { eta } => format!("ddim(eta={eta})"),
+            SamplerKind::DpmSolver2M => "dpm-solver++(2m)".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,7 +115,7 @@ impl SampleOutcome {
 ///
 /// - DDPM: every timestep `T-1, T-2, ..., 1`; `steps` must equal `T-1` (an error rather than
 ///   silently ignoring a config value that would not mean what it says).
-/// - DDIM: `steps` values of `linspace(1, T-1, steps)` rounded half-up, descending; both
+/// - DDIM and DPM-Solver++: `steps` values of `linspace(1, T-1, steps)` rounded half-up, descending; both
 ///   endpoints are always included (one step uses just `T-1`). `steps <= T-1` keeps the
 ///   spacing >= 1, so the rounded values are distinct.
 pub fn timesteps(kind: SamplerKind, steps: usize, t_total: usize) -> Result<Vec<usize>> {
@@ -116,10 +132,11 @@ pub fn timesteps(kind: SamplerKind, steps: usize, t_total: usize) -> Result<Vec<
             );
             Ok((1..=last).rev().collect())
         }
-        SamplerKind::Ddim { .. } => {
+        SamplerKind::Ddim { .. } | SamplerKind::DpmSolver2M => {
             ensure!(
                 (1..=last).contains(&steps),
-                "DDIM steps must be in 1..={last} (T-1), got {steps}"
+                "{} steps must be in 1..={last} (T-1), got {steps}",
+                kind.label()
             );
             if steps == 1 {
                 return Ok(vec![last]);
@@ -147,6 +164,50 @@ pub fn sample(
     shape_chw: [usize; 3],
     observer: &mut dyn FnMut(StepEvent<'_>) -> Result<Control>,
 ) -> Result<SampleOutcome> {
+    let ts = timesteps(cfg.kind, cfg.steps, schedule.len())?;
+    run(model, schedule, cfg, &ts, None, labels, shape_chw, observer)
+}
+
+/// Like [`sample`], but on explicit timesteps (descending, each in 1..T) from a given starting
+/// state `x_init` (N*C*H*W values): what the golden tests use to step alongside diffusers.
+/// `cfg.steps` is ignored. Noise added by DDPM / DDIM(eta > 0) still comes from the seeded streams.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_from(
+    model: &mut dyn NoiseModel,
+    schedule: &Schedule,
+    cfg: &SampleConfig,
+    ts: &[usize],
+    x_init: &[f32],
+    labels: &[i64],
+    shape_chw: [usize; 3],
+    observer: &mut dyn FnMut(StepEvent<'_>) -> Result<Control>,
+) -> Result<SampleOutcome> {
+    ensure!(!ts.is_empty(), "no timesteps given");
+    ensure!(
+        ts.windows(2).all(|w| w[0] > w[1]) && ts[0] < schedule.len() && *ts.last().unwrap() >= 1,
+        "timesteps must be strictly descending and within 1..{}, got {ts:?}",
+        schedule.len()
+    );
+    run(model, schedule, cfg, ts, Some(x_init), labels, shape_chw, observer)
+}
+
+/// The sampler state carried between steps: DPM-Solver++(2M) needs the previous data prediction.
+struct History {
+    x0: Vec<f64>,
+    lambda: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    model: &mut dyn NoiseModel,
+    schedule: &Schedule,
+    cfg: &SampleConfig,
+    ts: &[usize],
+    x_init: Option<&[f32]>,
+    labels: &[i64],
+    shape_chw: [usize; 3],
+    observer: &mut dyn FnMut(StepEvent<'_>) -> Result<Control>,
+) -> Result<SampleOutcome> {
     ensure!(
         cfg.guidance.is_finite(),
         "guidance scale must be finite, got {}",
@@ -159,7 +220,6 @@ pub fn sample(
             "DDIM eta must be in [0, 1], got {eta}"
         );
     }
-    let ts = timesteps(cfg.kind, cfg.steps, schedule.len())?;
     let batch = labels.len();
     ensure!(batch > 0, "no labels given: nothing to sample");
     let [c, h, w] = shape_chw;
@@ -183,9 +243,19 @@ pub fn sample(
         .map(|i| image_rng(cfg.seed, cfg.first_image + i))
         .collect();
     let mut x = vec![0f32; n];
+    // The starting noise is always drawn, so the streams are in the same place either way.
     fill_normal(&mut rngs, &mut x, chw);
+    if let Some(init) = x_init {
+        ensure!(
+            init.len() == n,
+            "starting state has {} values, expected {n}",
+            init.len()
+        );
+        x.copy_from_slice(init);
+    }
     let mut next = vec![0f32; n];
     let mut z = vec![0f32; n];
+    let mut history: Option<History> = None;
 
     let (betas, alphas, abs) = (schedule.betas(), schedule.alphas(), schedule.alpha_bars());
     let total = ts.len();
@@ -200,33 +270,77 @@ pub fn sample(
             clip_via_x0(&x, &mut eps, ab_t);
         }
 
-        // x_next = a * x + b * eps + sigma * z, per element; both samplers fit this form.
-        let (a, b, sigma) = match cfg.kind {
-            SamplerKind::Ddpm => {
-                let coef = 1.0 / alphas[t].sqrt();
-                // dome272 adds no noise on the step that produces x_0 (t == 1).
-                let sigma = if t > 1 { betas[t].sqrt() } else { 0.0 };
-                (coef, -coef * betas[t] / (1.0 - ab_t).sqrt(), sigma)
+        match cfg.kind {
+            SamplerKind::Ddpm | SamplerKind::Ddim { .. } => {
+                // x_next = a * x + b * eps + sigma * z, per element; both samplers fit this form.
+                let (a, b, sigma) = match cfg.kind {
+                    SamplerKind::Ddpm => {
+                        let coef = 1.0 / alphas[t].sqrt();
+                        // dome272 adds no noise on the step that produces x_0 (t == 1).
+                        let sigma = if t > 1 { betas[t].sqrt() } else { 0.0 };
+                        (coef, -coef * betas[t] / (1.0 - ab_t).sqrt(), sigma)
+                    }
+                    SamplerKind::Ddim { eta } => {
+                        // The last step jumps to alpha_bar = 1, i.e. returns the x0 prediction.
+                        let ab_prev = if last { 1.0 } else { abs[t_next] };
+                        let sigma = eta
+                            * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt()
+                            * (1.0 - ab_t / ab_prev).sqrt();
+                        let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
+                        // sqrt(ab_prev) * x0 + dir * eps with x0 = (x - sqrt(1-ab_t) eps) / sqrt(ab_t).
+                        let r = (ab_prev / ab_t).sqrt();
+                        (r, dir - r * (1.0 - ab_t).sqrt(), sigma)
+                    }
+                    SamplerKind::DpmSolver2M => unreachable!(),
+                };
+                // Draw only when noise is added; the decision depends on t alone, so every image's
+                // stream advances identically whatever the batch split.
+                if sigma > 0.0 {
+                    fill_normal(&mut rngs, &mut z, chw);
+                }
+                for (((o, &xv), &e), &zv) in next.iter_mut().zip(&x).zip(&eps).zip(&z) {
+                    let noise = if sigma > 0.0 { sigma * zv as f64 } else { 0.0 };
+                    *o = (a * xv as f64 + b * e + noise) as f32;
+                }
             }
-            SamplerKind::Ddim { eta } => {
-                // The last step jumps to alpha_bar = 1, i.e. returns the x0 prediction.
-                let ab_prev = if last { 1.0 } else { abs[t_next] };
-                let sigma =
-                    eta * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_prev).sqrt();
-                let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
-                // sqrt(ab_prev) * x0 + dir * eps with x0 = (x - sqrt(1-ab_t) eps) / sqrt(ab_t).
-                let r = (ab_prev / ab_t).sqrt();
-                (r, dir - r * (1.0 - ab_t).sqrt(), sigma)
+            SamplerKind::DpmSolver2M => {
+                let (alpha_t, sigma_t) = (ab_t.sqrt(), (1.0 - ab_t).sqrt());
+                let x0: Vec<f64> = x
+                    .iter()
+                    .zip(&eps)
+                    .map(|(&xv, &e)| (f64::from(xv) - sigma_t * e) / alpha_t)
+                    .collect();
+                let lambda_t = (alpha_t / sigma_t).ln();
+                if last {
+                    // The final step goes to sigma = 0: its first-order update is the x0 prediction.
+                    for (o, &v) in next.iter_mut().zip(&x0) {
+                        *o = v as f32;
+                    }
+                } else {
+                    let ab_n = abs[t_next];
+                    let (alpha_n, sigma_n) = (ab_n.sqrt(), (1.0 - ab_n).sqrt());
+                    let h = (alpha_n / sigma_n).ln() - lambda_t;
+                    let (ratio, coef) = (sigma_n / sigma_t, -alpha_n * (-h).exp_m1());
+                    match &history {
+                        // Second order (the midpoint form): x0 + (x0 - x0_prev) / (2 r), r = h_prev / h.
+                        Some(prev) => {
+                            let half_over_r = 0.5 * h / (lambda_t - prev.lambda);
+                            for (((o, &xv), &d0), &d_prev) in
+                                next.iter_mut().zip(&x).zip(&x0).zip(&prev.x0)
+                            {
+                                let d = d0 + half_over_r * (d0 - d_prev);
+                                *o = (ratio * f64::from(xv) + coef * d) as f32;
+                            }
+                        }
+                        None => {
+                            for ((o, &xv), &d0) in next.iter_mut().zip(&x).zip(&x0) {
+                                *o = (ratio * f64::from(xv) + coef * d0) as f32;
+                            }
+                        }
+                    }
+                }
+                history = Some(History { x0, lambda: lambda_t });
             }
-        };
-        // Draw only when noise is added; the decision depends on t alone, so every image's
-        // stream advances identically whatever the batch split.
-        if sigma > 0.0 {
-            fill_normal(&mut rngs, &mut z, chw);
-        }
-        for (((o, &xv), &e), &zv) in next.iter_mut().zip(&x).zip(&eps).zip(&z) {
-            let noise = if sigma > 0.0 { sigma * zv as f64 } else { 0.0 };
-            *o = (a * xv as f64 + b * e + noise) as f32;
         }
         if let Some(i) = next.iter().position(|v| !v.is_finite()) {
             bail!(

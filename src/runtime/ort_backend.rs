@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
+use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
-use super::{check_inputs, Device, Engine, EngineInfo, Input, InputData, Output, RuntimeOptions};
+use super::{check_inputs, Device, Engine, EngineInfo, Input, InputData, OrtOpt, Output, RuntimeOptions};
 use crate::onnx::ModelFile;
 
 /// The ONNX Runtime release the project installs (STACK.md: ort 2.0.0-rc.15 with the `api-31` feature).
@@ -81,7 +82,13 @@ impl OrtEngine {
         let mut builder = Session::builder(env)
             .map_err(|e| anyhow!("ONNX Runtime session options: {e}"))?
             .with_intra_threads(threads)
-            .map_err(|e| anyhow!("ONNX Runtime threads: {e}"))?;
+            .map_err(|e| anyhow!("ONNX Runtime threads: {e}"))?
+            .with_optimization_level(match opts.ort_opt.unwrap_or(OrtOpt::All) {
+                OrtOpt::Basic => GraphOptimizationLevel::Level1,
+                OrtOpt::Extended => GraphOptimizationLevel::Level2,
+                OrtOpt::All => GraphOptimizationLevel::All,
+            })
+            .map_err(|e| anyhow!("ONNX Runtime optimisation level: {e}"))?;
         if opts.device == Device::Cuda {
             // Without error_on_failure ONNX Runtime silently falls back to the CPU.
             builder = builder

@@ -2,7 +2,7 @@
 //! the course names them (`0_001.png` ... `9_100.png`), and score them with the digit classifier.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use image::RgbImage;
@@ -22,6 +22,9 @@ use crate::spec::GraderSpec;
 pub enum SamplerArg {
     Ddpm,
     Ddim,
+    /// DPM-Solver++(2M).
+    #[value(name = "dpm-solver", alias = "dpm-solver++", alias = "dpmpp")]
+    DpmSolver,
 }
 
 pub struct DdpmArgs {
@@ -32,7 +35,9 @@ pub struct DdpmArgs {
     pub steps: Option<String>,
     pub guidance: Option<f64>,
     pub eta: f64,
-    pub clip: bool,
+    /// Clip x0 to [-1, 1]: `None` takes the grader's default (on for DDIM and DPM-Solver, off for
+    /// DDPM, whose dome272 form never clips).
+    pub clip: Option<bool>,
     pub seed: Option<u64>,
     /// Start even when the estimate says the run cannot fit; stop at the budget with a partial report.
     pub keep_going: bool,
@@ -42,6 +47,13 @@ pub struct DdpmArgs {
 /// The timesteps shown in the reverse-process figure (1-based, as in the seed report), and the
 /// 0-based sampler states they map to (t = 1000 is the starting noise, t = 1 the final image).
 const PROCESS_T: [usize; 8] = [1000, 800, 600, 400, 200, 100, 50, 1];
+
+/// `--steps auto` plans for this share of the budget left after the warm-up.
+const AIM: f64 = 0.9;
+/// After the first batch, re-plan when the rest would need more than this share of what is left...
+const REPLAN_OVER: f64 = 0.97;
+/// ...or less than this share (and the measured speed allows at least 10% more steps).
+const REPLAN_UNDER: f64 = 0.75;
 
 /// A noise model behind the contract, counting evaluations.
 pub struct NoiseEngine {
@@ -63,7 +75,9 @@ impl NoiseEngine {
             contract.meta_i64("timesteps")?.try_into().map_err(|_| anyhow!("metadata timesteps must be positive"))?,
         )
         .with_context(|| format!("noise schedule of {}", path.display()))?;
-        let engine = runtime::open(&file, &opts.runtime)?;
+        let mut rt = opts.runtime.clone();
+        rt.ort_opt.get_or_insert(runtime::OrtOpt::Basic);
+        let engine = runtime::open(&file, &rt)?;
         Ok((NoiseEngine { engine, contract, name: path.display().to_string(), evals: 0 }, schedule))
     }
 
@@ -129,10 +143,16 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let model_path = args.model.clone().unwrap_or_else(|| rel_or_root(s.get("model").and_then(|v| v.as_str()).unwrap_or("")));
     let clf_path =
         args.classifier.clone().unwrap_or_else(|| rel_or_root(s.get("classifier").and_then(|v| v.as_str()).unwrap_or("")));
-    let sampler = args.sampler.unwrap_or(match s.get("sampler").and_then(|v| v.as_str()) {
-        Some("ddpm") => SamplerArg::Ddpm,
-        _ => SamplerArg::Ddim,
-    });
+    let sampler = match args.sampler {
+        Some(a) => a,
+        None => match s.get("sampler").and_then(|v| v.as_str()).unwrap_or("dpm-solver") {
+            "ddpm" => SamplerArg::Ddpm,
+            "ddim" => SamplerArg::Ddim,
+            "dpm-solver" => SamplerArg::DpmSolver,
+            other => anyhow::bail!("grader spec: unknown sampler {other:?} (ddpm, ddim or dpm-solver)"),
+        },
+    };
+    let clip = args.clip.unwrap_or(sampler != SamplerArg::Ddpm && s.get("clip_x0").and_then(|v| v.as_bool()).unwrap_or(true));
     let steps_arg = args.steps.clone().unwrap_or_else(|| s.get("steps").and_then(|v| v.as_str()).unwrap_or("auto").to_string());
     let seed = args.seed.unwrap_or(s.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64);
     let batch = if opts.batch > 0 { opts.batch } else { s.get("batch").and_then(|v| v.as_integer()).unwrap_or(100) as usize };
@@ -163,140 +183,201 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let mut partial = report.clone();
     partial.metric("accuracy", None);
     let _hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
-    // Warm-up: a short real sampling run on a full batch, so the estimate includes the sampler's own
-    // work (noise draws, updates) and guidance's doubled batch. The first call builds the plan.
+    let total_images = per_class * classes;
+    let batches_per_class = per_class.div_ceil(batch);
+    let n_batches = classes * batches_per_class;
+    let chw = 3 * size * size;
+    let full = |steps: usize| -> Result<SamplerKind> {
+        Ok(match sampler {
+            SamplerArg::Ddpm => SamplerKind::Ddpm,
+            SamplerArg::Ddim => SamplerKind::Ddim { eta: args.eta },
+            SamplerArg::DpmSolver => {
+                let _ = steps;
+                SamplerKind::DpmSolver2M
+            }
+        })
+    };
+    // Warm-up on the real batch shape (guidance doubles it): one call builds the runtime's plan, then
+    // several timed calls give the per-call cost the whole run is planned with.
     let per_call = {
-        let n = batch.min(per_class * classes);
+        let n = batch.min(per_class);
         let labels = vec![0i64; n];
         let cfg = SampleConfig {
-            kind: SamplerKind::Ddim { eta: 1.0 },
-            steps: 2,
+            kind: SamplerKind::Ddim { eta: 0.0 },
+            steps: 1,
             guidance,
             null_label,
-            clip_x0: args.clip,
+            clip_x0: clip,
             seed,
             first_image: 0,
         };
         let mut quiet = |_: diffusion::StepEvent<'_>| -> Result<Control> { Ok(Control::Continue) };
-        diffusion::sample(&mut noise, &schedule, &SampleConfig { steps: 1, ..cfg.clone() }, &labels, [3, size, size], &mut quiet)?;
-        let t0 = Instant::now();
         diffusion::sample(&mut noise, &schedule, &cfg, &labels, [3, size, size], &mut quiet)?;
+        const TIMED: usize = 3;
+        let t0 = Instant::now();
+        diffusion::sample(&mut noise, &schedule, &SampleConfig { steps: TIMED, ..cfg }, &labels, [3, size, size], &mut quiet)?;
         noise.evals = 0;
-        t0.elapsed() / 2
+        t0.elapsed() / TIMED as u32
     };
-    let total_images = per_class * classes;
-    let batches_per_class = per_class.div_ceil(batch);
-    let n_calls_per_step = (classes * batches_per_class) as f64;
     let left = deadline.remaining();
-    let predict = |steps: usize| per_call.mul_f64(n_calls_per_step * steps as f64);
-    // Keep 10% of what is left for saving, scoring and a slower core.
-    let usable = left.mul_f64(0.9);
-    let fitting = ((usable.as_secs_f64() / (n_calls_per_step * per_call.as_secs_f64().max(1e-9))) as usize).min(t_total - 1);
-
-    let (kind, steps) = match (sampler, steps_arg.as_str()) {
-        (SamplerArg::Ddpm, "auto") | (SamplerArg::Ddpm, _) => (SamplerKind::Ddpm, t_total - 1),
-        (SamplerArg::Ddim, "auto") => {
-            if fitting == 0 {
-                return fail_fast(report, &out, opts, format!(
-                    "not even one DDIM step fits: one step for {total_images} images takes ~{:.1} s, {:.1} s are left of the {:.0} s budget. Use a faster backend (--backend ort) or a larger --budget",
-                    predict(1).as_secs_f64(), left.as_secs_f64(), deadline.budget().as_secs_f64()));
-            }
-            (SamplerKind::Ddim { eta: args.eta }, fitting)
-        }
-        (SamplerArg::Ddim, n) => {
-            let n: usize = n.parse().map_err(|_| anyhow!("--steps {n:?}: expected a number or auto"))?;
-            (SamplerKind::Ddim { eta: args.eta }, n)
-        }
+    let predict = |per_call: Duration, steps: usize| per_call.mul_f64((n_batches * steps) as f64);
+    // Aim at 90% of what is left: the rest covers saving, scoring and a slower stretch.
+    let usable = left.mul_f64(AIM);
+    let fitting = |per_call: Duration, usable: Duration| -> usize {
+        ((usable.as_secs_f64() / (n_batches as f64 * per_call.as_secs_f64().max(1e-9))) as usize).min(t_total - 1)
     };
-    if !args.keep_going && (steps_arg != "auto" || kind == SamplerKind::Ddpm) {
-        let need = predict(steps);
+    let auto = steps_arg == "auto" && sampler != SamplerArg::Ddpm;
+    let mut steps = match (sampler, steps_arg.as_str()) {
+        (SamplerArg::Ddpm, _) => t_total - 1,
+        (_, "auto") => fitting(per_call, usable),
+        (_, n) => n.parse().map_err(|_| anyhow!("--steps {n:?}: expected a number or auto"))?,
+    };
+    let sampler_name = full(steps)?.label();
+    if auto && steps == 0 {
+        return fail_fast(report, &out, opts, format!(
+            "not even one {sampler_name} step fits: one step for {total_images} images takes ~{:.1} s, {:.1} s are left of the {:.0} s budget. Use a faster backend (--backend ort) or a larger --budget",
+            predict(per_call, 1).as_secs_f64(), left.as_secs_f64(), deadline.budget().as_secs_f64()));
+    }
+    if !args.keep_going && !auto {
+        let need = predict(per_call, steps);
         if need > usable {
             return fail_fast(report, &out, opts, format!(
-                "{} with {steps} steps would take ~{:.0} s for {total_images} images ({:.3} s per batch of {batch}), but the budget leaves {:.0} s. \
-                 Use --sampler ddim --steps {} (the most that fits), --steps auto, a faster backend, or a larger --budget",
-                match kind { SamplerKind::Ddpm => "DDPM", _ => "DDIM" }, need.as_secs_f64(), per_call.as_secs_f64(), left.as_secs_f64(), fitting.max(1)));
+                "{sampler_name} with {steps} steps would take ~{:.0} s for {total_images} images ({:.3} s per call on a batch of {batch}), but the budget leaves {:.0} s. \
+                 Use --sampler dpm-solver --steps {} (the most that fits), --steps auto, a faster backend, or a larger --budget",
+                need.as_secs_f64(), per_call.as_secs_f64(), left.as_secs_f64(), fitting(per_call, usable).max(1)));
         }
     }
-    let visited = diffusion::timesteps(kind, steps, t_total)?;
-    report.details = serde_json::json!({
-        "sampler": match kind { SamplerKind::Ddpm => "ddpm".to_string(), SamplerKind::Ddim { eta } => format!("ddim(eta={eta})") },
-        "steps": visited.len(),
-        "steps_auto": steps_arg == "auto" && kind != SamplerKind::Ddpm,
-        "guidance": guidance,
-        "null_label": null_label,
-        "seed": seed,
-        "predicted_seconds": predict(visited.len()).as_secs_f64(),
-    });
+    let first_prediction = predict(per_call, steps).as_secs_f64();
 
-    // Generation.
+    // Generation. With --steps auto the first batch re-checks the estimate: if the rest would overrun
+    // the budget, or leave much of it unused, sampling restarts once with the step count the measured
+    // speed allows, so every digit still gets the same steps and the overrun is at most one batch.
     let images_dir = out.subdir("images")?;
     let wanted: Vec<usize> = PROCESS_T.iter().map(|t| t - 1).collect();
-    let mut process_rows: Vec<Vec<RgbImage>> = vec![];
-    let mut generated: Vec<(String, u8, RgbImage)> = Vec::with_capacity(total_images);
-    let pb = crate::progress::bar((total_images * visited.len()) as u64, "sampling");
+    let pb = crate::progress::bar(0, "sampling");
     if opts.quiet {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let t_gen = Instant::now();
-    let mut stopped = false;
-    'classes: for d in 0..classes {
-        for b in 0..batches_per_class {
-            let first = b * batch;
-            let n = batch.min(per_class - first);
-            let labels = vec![d as i64; n];
-            let cfg = SampleConfig {
-                kind,
-                steps: visited.len(),
-                guidance,
-                null_label,
-                clip_x0: args.clip,
-                seed,
-                first_image: (d * per_class + first) as u64,
-            };
-            let mut frames: Vec<RgbImage> = vec![];
-            let keep_process = b == 0;
-            let chw = 3 * size * size;
-            let mut observer = |ev: diffusion::StepEvent<'_>| -> Result<Control> {
-                if keep_process {
-                    // The state before the first step is t = 1000 (pure noise).
-                    if ev.step == 0 && wanted.contains(&(t_total - 1)) {
-                        frames.push(pictures::chw_to_rgb(&ev.x_t[..chw], size as u32, size as u32, diffusion::to_u8));
-                    }
-                    for &w in &wanted {
-                        if w < t_total - 1 && ev.t > w && ev.t_next <= w {
-                            frames.push(pictures::chw_to_rgb(&ev.x_next[..chw], size as u32, size as u32, diffusion::to_u8));
+    let mut replans: Vec<serde_json::Value> = vec![];
+    let (generated, process_rows, process_t, visited, stopped, gen_s, kind) = 'attempt: loop {
+        let kind = full(steps)?;
+        let visited = diffusion::timesteps(kind, steps, t_total)?;
+        pb.set_length((total_images * visited.len()) as u64);
+        pb.set_position(0);
+        pb.set_message(format!("{} x {} steps", kind.label(), visited.len()));
+        let mut process_rows: Vec<Vec<RgbImage>> = vec![];
+        let mut process_t: Vec<usize> = vec![];
+        let mut generated: Vec<(String, u8, RgbImage)> = Vec::with_capacity(total_images);
+        let t_gen = Instant::now();
+        let mut stopped = false;
+        let mut batch_no = 0;
+        for d in 0..classes {
+            for b in 0..batches_per_class {
+                let first = b * batch;
+                let n = batch.min(per_class - first);
+                let labels = vec![d as i64; n];
+                let cfg = SampleConfig {
+                    kind,
+                    steps: visited.len(),
+                    guidance,
+                    null_label,
+                    clip_x0: clip,
+                    seed,
+                    first_image: (d * per_class + first) as u64,
+                };
+                let mut frames: Vec<RgbImage> = vec![];
+                let mut frame_t: Vec<usize> = vec![];
+                let keep_process = b == 0;
+                let t_batch = Instant::now();
+                let mut observer = |ev: diffusion::StepEvent<'_>| -> Result<Control> {
+                    if keep_process {
+                        // The state before the first step is t = 1000 (pure noise).
+                        if ev.step == 0 && wanted.contains(&(t_total - 1)) {
+                            frames.push(pictures::chw_to_rgb(&ev.x_t[..chw], size as u32, size as u32, diffusion::to_u8));
+                            frame_t.push(ev.t + 1);
+                        }
+                        for &w in &wanted {
+                            if w < t_total - 1 && ev.t > w && ev.t_next <= w {
+                                frames.push(pictures::chw_to_rgb(&ev.x_next[..chw], size as u32, size as u32, diffusion::to_u8));
+                                frame_t.push(ev.t_next + 1);
+                            }
                         }
                     }
+                    pb.inc(n as u64);
+                    Ok(if deadline.exceeded() { Control::Stop } else { Control::Continue })
+                };
+                let outcome = diffusion::sample(&mut noise, &schedule, &cfg, &labels, [3, size, size], &mut observer)?;
+                if keep_process {
+                    process_rows.push(frames);
+                    process_t = frame_t;
                 }
-                pb.inc(n as u64);
-                Ok(if deadline.exceeded() { Control::Stop } else { Control::Continue })
-            };
-            let outcome = diffusion::sample(&mut noise, &schedule, &cfg, &labels, [3, size, size], &mut observer)?;
-            if keep_process {
-                process_rows.push(frames);
-            }
-            match outcome {
-                SampleOutcome::Finished(x) => {
-                    for (i, img) in x.chunks(chw).enumerate() {
-                        let rgb = pictures::chw_to_rgb(img, size as u32, size as u32, diffusion::to_u8);
-                        generated.push((format!("{d}_{:03}.png", first + i + 1), d as u8, rgb));
+                match outcome {
+                    SampleOutcome::Finished(x) => {
+                        for (i, img) in x.chunks(chw).enumerate() {
+                            let rgb = pictures::chw_to_rgb(img, size as u32, size as u32, diffusion::to_u8);
+                            generated.push((format!("{d}_{:03}.png", first + i + 1), d as u8, rgb));
+                        }
+                    }
+                    SampleOutcome::Stopped { steps_done, .. } => {
+                        stopped = true;
+                        report.notes.push(format!(
+                            "stopped at the {:.0} s budget during digit {d} after {steps_done} of {} steps; {} of {total_images} images were finished",
+                            deadline.budget().as_secs_f64(),
+                            visited.len(),
+                            generated.len()
+                        ));
+                        break;
                     }
                 }
-                SampleOutcome::Stopped { steps_done, .. } => {
-                    stopped = true;
-                    report.notes.push(format!(
-                        "stopped at the {:.0} s budget during digit {d} after {steps_done} of {} steps; {} of {total_images} images were finished",
-                        deadline.budget().as_secs_f64(),
-                        visited.len(),
-                        generated.len()
-                    ));
-                    break 'classes;
+                batch_no += 1;
+                if auto && batch_no == 1 && n_batches > 1 && replans.is_empty() {
+                    let per_batch = t_batch.elapsed();
+                    let left_now = deadline.remaining();
+                    let rest = per_batch.mul_f64((n_batches - 1) as f64);
+                    let measured_call = per_batch / visited.len() as u32;
+                    let better = fitting(measured_call, left_now.mul_f64(AIM));
+                    let overrun = rest > left_now.mul_f64(REPLAN_OVER);
+                    let unused = rest < left_now.mul_f64(REPLAN_UNDER) && better > steps + steps / 10;
+                    if (overrun || unused) && better >= 1 && better != steps {
+                        replans.push(serde_json::json!({
+                            "after_batch_seconds": per_batch.as_secs_f64(),
+                            "steps_before": steps,
+                            "steps_after": better,
+                            "why": if overrun { "the rest would overrun the budget" } else { "the rest would leave much of the budget unused" },
+                            "warmup_seconds_per_call": per_call.as_secs_f64(),
+                            "measured_seconds_per_call": measured_call.as_secs_f64(),
+                        }));
+                        steps = better;
+                        continue 'attempt;
+                    }
                 }
             }
+            if stopped {
+                break;
+            }
         }
-    }
+        break (generated, process_rows, process_t, visited, stopped, t_gen.elapsed().as_secs_f64(), kind);
+    };
     pb.finish_and_clear();
-    let gen_s = t_gen.elapsed().as_secs_f64();
+    let predicted = predict(per_call, visited.len()).as_secs_f64();
+    report.details = serde_json::json!({
+        "sampler": kind.label(),
+        "steps": visited.len(),
+        "steps_auto": auto,
+        "clip_x0": clip,
+        "guidance": guidance,
+        "null_label": null_label,
+        "seed": seed,
+        "timesteps_first_last": [visited.first(), visited.last()],
+        "warmup_seconds_per_call": per_call.as_secs_f64(),
+        "predicted_seconds": predicted,
+        "first_predicted_seconds": first_prediction,
+        "generate_seconds": gen_s,
+        "replans": replans,
+    });
+    report.inputs.insert("sampler".into(), format!(
+        "{} with {} steps{}, x0 clipping {}, guidance {guidance}, seed {seed}",
+        kind.label(), visited.len(), if auto { " (auto)" } else { "" }, if clip { "on" } else { "off" }));
     let evals = noise.evals;
 
     // Save PNGs (parallel: PNG encoding is the slow part).
@@ -331,7 +412,10 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     }
     let process: Vec<RgbImage> = process_rows.into_iter().filter(|r| r.len() == PROCESS_T.len()).flatten().collect();
     if !process.is_empty() {
-        out.write("process.png", &pictures::png_bytes(&pictures::grid(&process, PROCESS_T.len(), 2, 2))?)?;
+        // Columns are labelled with the timestep each one really shows (1-based as in the seed report:
+        // t=1000 is the starting noise, t=1 the final image); few-step samplers land near, not on, PROCESS_T.
+        let labels: Vec<String> = process_t.iter().map(|t| format!("t={t}")).collect();
+        out.write("process.png", &pictures::png_bytes(&pictures::grid_with_header(&process, &labels, 2, 2))?)?;
     }
 
     if stopped {
