@@ -41,6 +41,10 @@ pub fn table(r: &Report) -> String {
     if let Some(e) = &r.engine {
         s.push_str(&format!("backend: {e}\n"));
     }
+    // What was graded, so a run on the bundled defaults or a fixture cannot pass for something else.
+    for (k, v) in &r.inputs {
+        s.push_str(&format!("{k}: {v}\n"));
+    }
     let rows: Vec<[String; 5]> = r
         .metrics
         .iter()

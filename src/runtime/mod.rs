@@ -42,7 +42,7 @@ pub enum OrtOpt {
 pub struct RuntimeOptions {
     pub backend: BackendChoice,
     pub device: Device,
-    /// Intra-op threads for ONNX Runtime (tract runs on one thread). `None`: all cores.
+    /// Intra-op threads for ONNX Runtime, batch slices run at once for tract. `None`: all cores.
     pub threads: Option<usize>,
     /// ONNX Runtime graph optimisation; `None`: the grader's choice for the model kind.
     pub ort_opt: Option<OrtOpt>,
@@ -125,7 +125,7 @@ pub fn open(model: &ModelFile, opts: &RuntimeOptions) -> Result<Box<dyn Engine>>
     };
     match backend {
         BackendChoice::Ort => Ok(Box::new(ort_backend::OrtEngine::open(model, opts)?)),
-        _ => Ok(Box::new(tract_backend::TractEngine::open(model)?)),
+        _ => Ok(Box::new(tract_backend::TractEngine::open(model, opts.threads)?)),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The tract backend: pure Rust, nothing to install. tract optimises a model for concrete input
 //! shapes, so one plan is kept per distinct set of input shapes (in practice: the full batch and the
-//! last, shorter one).
+//! last, shorter one). tract runs a plan on one core; a batch is split into one slice per core, run
+//! side by side (graders already batch arbitrarily, so items never depend on their batch mates).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub struct TractEngine {
     plans: HashMap<Vec<Vec<usize>>, Plan>,
     info: EngineInfo,
     path: String,
+    threads: usize,
 }
 
 /// Operators tract parsed but cannot run, as `name (Op)`.
@@ -55,7 +57,8 @@ pub fn unsupported_ops(model: &InferenceModel) -> Vec<String> {
 }
 
 impl TractEngine {
-    pub fn open(file: &ModelFile) -> Result<Self> {
+    /// `threads`: how many batch slices run at once (`None`: all cores).
+    pub fn open(file: &ModelFile, threads: Option<usize>) -> Result<Self> {
         let path = file.path.display().to_string();
         // A hostile file must not take the grader down: a panic inside tract becomes an error.
         let model = catch_quietly(|| tract_onnx::onnx().model_for_proto_model(&file.proto))
@@ -84,6 +87,7 @@ impl TractEngine {
             plans: HashMap::new(),
             info: EngineInfo { backend: "tract", device: Device::Cpu, version: "0.23.9".into(), library: None },
             path,
+            threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1),
         })
     }
 
@@ -98,7 +102,7 @@ impl TractEngine {
                 InputData::F32(_) => f32::datum_type(),
                 InputData::I64(_) => i64::datum_type(),
             };
-            m.set_input_fact(ix, InferenceFact::dt_shape(dt, i.shape.clone()))?;
+            m.set_input_fact(ix, InferenceFact::dt_shape(dt, shapes[ix].clone()))?;
         }
         let plan = catch_quietly(|| m.into_optimized().and_then(|m| m.into_runnable()))
             .ok_or_else(|| anyhow!("tract crashed preparing {} for input shapes {shapes:?}; the model is malformed", self.path))?
@@ -125,27 +129,71 @@ impl Engine for TractEngine {
             .iter()
             .position(|n| n == output)
             .ok_or_else(|| anyhow!("{}: no output named '{output}' (outputs: {:?})", self.path, self.output_names))?;
-        let shapes: Vec<Vec<usize>> = self
-            .input_names
-            .iter()
-            .map(|n| inputs.iter().find(|i| &i.name == n).unwrap().shape.clone())
-            .collect();
-        let plan = self.plan(shapes, inputs)?;
-        let mut values: TVec<TValue> = tvec![];
-        for name in &self.input_names {
-            let i = inputs.iter().find(|i| &i.name == name).unwrap();
-            let t = match i.data {
-                InputData::F32(d) => Tensor::from_shape(&i.shape, d)?,
-                InputData::I64(d) => Tensor::from_shape(&i.shape, d)?,
-            };
-            values.push(t.into());
+        let ordered: Vec<&Input> = self.input_names.iter().map(|n| inputs.iter().find(|i| &i.name == n).unwrap()).collect();
+        // Split along the batch axis when every input has the same leading dimension.
+        let n = ordered.first().and_then(|i| i.shape.first().copied()).unwrap_or(0);
+        let split = self.threads > 1 && n >= 2 && ordered.iter().all(|i| i.shape.first() == Some(&n));
+        let slices = if split { self.threads.min(n) } else { 1 };
+        let per = n.div_ceil(slices).max(1);
+        let ranges: Vec<(usize, usize)> =
+            if slices > 1 { (0..n).step_by(per).map(|a| (a, (a + per).min(n))).collect() } else { vec![(0, n)] };
+        let mut jobs = vec![];
+        for &(a, b) in &ranges {
+            let shapes: Vec<Vec<usize>> = ordered
+                .iter()
+                .map(|i| if slices > 1 { [vec![b - a], i.shape[1..].to_vec()].concat() } else { i.shape.clone() })
+                .collect();
+            let plan = self.plan(shapes.clone(), inputs)?;
+            // Plain tensors cross threads; tract's values (reference-counted) are made where they run.
+            let mut values: Vec<Tensor> = vec![];
+            for (i, shape) in ordered.iter().zip(&shapes) {
+                let per_item: usize = if slices > 1 { i.shape[1..].iter().product() } else { 0 };
+                let t = match i.data {
+                    InputData::F32(d) => Tensor::from_shape(shape, if slices > 1 { &d[a * per_item..b * per_item] } else { d })?,
+                    InputData::I64(d) => Tensor::from_shape(shape, if slices > 1 { &d[a * per_item..b * per_item] } else { d })?,
+                };
+                values.push(t);
+            }
+            jobs.push((plan, values));
         }
-        let outs = catch_quietly(|| plan.run(values))
-            .ok_or_else(|| anyhow!("tract crashed running {}; the model is malformed", self.path))?
-            .map_err(|e| anyhow!("tract failed running {}: {e:#}", self.path))?;
-        let t = outs.get(out_ix).context("tract returned fewer outputs than the model declares")?;
-        let t = t.cast_to::<f32>().map_err(|e| anyhow!("{}: output '{output}' is not numeric: {e}", self.path))?;
-        Ok(Output { shape: t.shape().to_vec(), data: t.to_plain_array_view::<f32>()?.iter().copied().collect() })
+        let path = &self.path;
+        let run_one = |(plan, values): (Plan, Vec<Tensor>)| -> Result<(Vec<usize>, Vec<f32>)> {
+            let values: TVec<TValue> = values.into_iter().map(TValue::from).collect();
+            let outs = catch_quietly(|| plan.run(values))
+                .ok_or_else(|| anyhow!("tract crashed running {path}; the model is malformed"))?
+                .map_err(|e| anyhow!("tract failed running {path}: {e:#}"))?;
+            let t = outs.get(out_ix).context("tract returned fewer outputs than the model declares")?;
+            let t = t.cast_to::<f32>().map_err(|e| anyhow!("{path}: output '{output}' is not numeric: {e}"))?;
+            Ok((t.shape().to_vec(), t.to_plain_array_view::<f32>()?.iter().copied().collect()))
+        };
+        let results: Vec<Result<(Vec<usize>, Vec<f32>)>> = if jobs.len() == 1 {
+            jobs.into_iter().map(run_one).collect()
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = jobs.into_iter().map(|j| s.spawn(move || run_one(j))).collect();
+                handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("tract thread failed on {path}")))).collect()
+            })
+        };
+        let mut shape: Vec<usize> = vec![];
+        let mut data = vec![];
+        for (r, &(a, b)) in results.into_iter().zip(&ranges) {
+            let (s, d) = r?;
+            if slices > 1 {
+                // Each slice must give one output row per input row, or the split is not valid.
+                if s.first() != Some(&(b - a)) {
+                    bail!("{path}: output '{output}' has shape {s:?} for a batch of {}; its first dimension must be the batch", b - a);
+                }
+                if shape.is_empty() {
+                    shape = s.clone();
+                    shape[0] = 0;
+                }
+                shape[0] += b - a;
+            } else {
+                shape = s;
+            }
+            data.extend(d);
+        }
+        Ok(Output { shape, data })
     }
 
     fn info(&self) -> &EngineInfo {
