@@ -95,10 +95,10 @@ pub enum Command {
     },
     /// Grade a diffusion model: sample 100 digits per class within the budget and score them.
     Ddpm {
-        /// The noise model (default: the bundled oracle fixture), see graders/CONTRACT.md.
+        /// The noise model (default: the bundled seed-width UNet, models/ddpm-unet-w64.onnx), see graders/CONTRACT.md.
         #[arg(long)]
         model: Option<PathBuf>,
-        /// The digit classifier that judges the images (default: the bundled fixture classifier).
+        /// The digit classifier that judges the images (default: the bundled judge, models/digit-judge-lenet.onnx).
         #[arg(long)]
         classifier: Option<PathBuf>,
         /// Sampler (default from graders/ddpm.toml: dpm-solver, DPM-Solver++(2M)); ddpm is dome272's 1000-step ancestral sampler.
@@ -189,9 +189,9 @@ pub enum Command {
     /// Score a folder of digit images like the course's digit_classifier.py (label = first character).
     Digits {
         dir: PathBuf,
-        /// The digit classifier.
+        /// The digit classifier (default: the bundled judge, models/digit-judge-lenet.onnx).
         #[arg(long)]
-        classifier: PathBuf,
+        classifier: Option<PathBuf>,
         /// Resize images that are not 28x28.
         #[arg(long)]
         resize: bool,

@@ -57,9 +57,12 @@ def run(job):
                                         thresholding=clip, sample_max_value=1.0,
                                         lower_order_final=True, final_sigmas_type="zero")
         s.alphas_cumprod = alphas_cumprod
-        s.set_timesteps(timesteps=job["timesteps"])
+        if job["timesteps"]:
+            s.set_timesteps(timesteps=job["timesteps"])
+        else:
+            s.set_timesteps(num_inference_steps=job["steps"])
         # set_timesteps stores sigmas as float32; keep the float64 values it computed them from.
-        ac = alphas_cumprod[torch.tensor(job["timesteps"])]
+        ac = alphas_cumprod[s.timesteps]
         s.sigmas = torch.cat([((1 - ac) / ac) ** 0.5, torch.zeros(1, dtype=torch.float64)])
     shape = job["shape"]
     x = np.array(job["x_init"], dtype=np.float32).reshape(shape)

@@ -80,7 +80,9 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Digits { dir, classifier, resize, runtime, output } => {
             let opts = run_options(Some(&runtime), &output)?;
-            Ok(tasks::digits::run(&dir, &classifier, resize, &opts)?.exit_code())
+            let bundled = classifier.is_none();
+            let classifier = classifier.unwrap_or_else(|| tasks::ddpm::rel_or_root(tasks::digits::DEFAULT_JUDGE));
+            Ok(tasks::digits::run(&dir, &classifier, bundled, resize, &opts)?.exit_code())
         }
         Command::Csv { predictions, labels, grader, output } => {
             let opts = run_options(None, &output)?;

@@ -115,9 +115,10 @@ impl SampleOutcome {
 ///
 /// - DDPM: every timestep `T-1, T-2, ..., 1`; `steps` must equal `T-1` (an error rather than
 ///   silently ignoring a config value that would not mean what it says).
-/// - DDIM and DPM-Solver++: `steps` values of `linspace(1, T-1, steps)` rounded half-up, descending; both
+/// - DDIM: `steps` values of `linspace(1, T-1, steps)` rounded half-up, descending; both
 ///   endpoints are always included (one step uses just `T-1`). `steps <= T-1` keeps the
 ///   spacing >= 1, so the rounded values are distinct.
+/// - DPM-Solver++: diffusers' `DPMSolverMultistepScheduler` default timesteps (see below).
 pub fn timesteps(kind: SamplerKind, steps: usize, t_total: usize) -> Result<Vec<usize>> {
     ensure!(
         t_total >= 2,
@@ -132,7 +133,23 @@ pub fn timesteps(kind: SamplerKind, steps: usize, t_total: usize) -> Result<Vec<
             );
             Ok((1..=last).rev().collect())
         }
-        SamplerKind::Ddim { .. } | SamplerKind::DpmSolver2M => {
+        SamplerKind::DpmSolver2M => {
+            ensure!(
+                (1..=last).contains(&steps),
+                "{} steps must be in 1..={last} (T-1), got {steps}",
+                kind.label()
+            );
+            // diffusers' default "linspace" spacing: round(linspace(0, T-1, steps+1)) descending, without
+            // the 0; the final step then jumps to sigma = 0. Ending the model calls at t=1 instead would
+            // make the step before it a second-order step over a huge log-SNR interval (r = h_prev/h
+            // tiny), which amplifies the x0 difference into visible noise at 10 steps.
+            let delta = last as f64 / steps as f64;
+            Ok((1..=steps)
+                .rev()
+                .map(|k| if k == steps { last } else { (k as f64 * delta).round_ties_even() as usize })
+                .collect())
+        }
+        SamplerKind::Ddim { .. } => {
             ensure!(
                 (1..=last).contains(&steps),
                 "{} steps must be in 1..={last} (T-1), got {steps}",

@@ -45,6 +45,10 @@ pub fn table(r: &Report) -> String {
     for (k, v) in &r.inputs {
         s.push_str(&format!("{k}: {v}\n"));
     }
+    if !r.counts.is_empty() {
+        let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        s.push_str(&format!("counts: {}\n", counts.join(", ")));
+    }
     let rows: Vec<[String; 5]> = r
         .metrics
         .iter()

@@ -119,7 +119,7 @@ impl NoiseModel for NoiseEngine {
     }
 }
 
-fn rel_or_root(p: &str) -> PathBuf {
+pub fn rel_or_root(p: &str) -> PathBuf {
     let rel = PathBuf::from(p);
     if rel.exists() {
         return rel;
@@ -173,8 +173,9 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
 
     let mut report = Report::new(&spec);
     report.engine = Some(noise.engine_info().clone());
-    report.inputs.insert("model".into(), model_path.display().to_string());
-    report.inputs.insert("classifier".into(), clf_path.display().to_string());
+    let bundled = |given: &Option<PathBuf>| if given.is_none() { " (bundled default)" } else { "" };
+    report.inputs.insert("model".into(), format!("{}{}", model_path.display(), bundled(&args.model)));
+    report.inputs.insert("classifier".into(), format!("{} (judge){}", clf_path.display(), bundled(&args.classifier)));
     report.inputs.insert("out".into(), out.root().display().to_string());
     for f in noise.contract().findings.iter().filter(|f| f.level != crate::onnx::contract::Level::Info) {
         report.notes.push(f.message.clone());

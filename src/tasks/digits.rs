@@ -52,7 +52,10 @@ pub fn digits_folder_labels(dir: &Path) -> Result<Vec<(PathBuf, u8)>> {
     Ok(out)
 }
 
-pub fn run(dir: &Path, classifier: &Path, resize: bool, opts: &RunOptions) -> Result<Report> {
+/// The bundled digit judge (models/README.md): the course's LeNet trained on MNIST-M by `train classifier`.
+pub const DEFAULT_JUDGE: &str = "models/digit-judge-lenet.onnx";
+
+pub fn run(dir: &Path, classifier: &Path, bundled: bool, resize: bool, opts: &RunOptions) -> Result<Report> {
     let spec = GraderSpec::load("ddpm", None)?;
     let files = digits_folder_labels(dir)?;
     let mut clf = Classifier::open(classifier, &opts.meta, &opts.runtime, if opts.batch == 0 { 256 } else { opts.batch })?;
@@ -74,7 +77,7 @@ pub fn run(dir: &Path, classifier: &Path, resize: bool, opts: &RunOptions) -> Re
     let mut report = Report::new(&spec);
     report.engine = Some(clf.engine.info().clone());
     report.inputs.insert("folder".into(), dir.display().to_string());
-    report.inputs.insert("classifier".into(), classifier.display().to_string());
+    report.inputs.insert("classifier".into(), format!("{}{}", classifier.display(), if bundled { " (bundled default)" } else { "" }));
     report.metric("accuracy", Some(acc.accuracy));
     report.counts.insert("images".into(), acc.total);
     report.counts.insert("correct".into(), acc.correct);
