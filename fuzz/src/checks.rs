@@ -111,7 +111,7 @@ pub fn check_model(data: &[u8]) -> Outcome {
         CURRENT.with(|c| *c.borrow_mut() = data.to_vec());
     }
     IN_TRACT.with(|f| f.set(true));
-    let opened = panic::catch_unwind(AssertUnwindSafe(|| TractEngine::open(&file).map(|_| ())));
+    let opened = panic::catch_unwind(AssertUnwindSafe(|| TractEngine::open(&file, Some(1)).map(|_| ())));
     IN_TRACT.with(|f| f.set(false));
     match opened {
         Ok(Ok(())) => Outcome::Accepted,
