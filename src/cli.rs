@@ -30,7 +30,7 @@ pub struct RuntimeArgs {
     /// Threads for ONNX Runtime (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// ONNX Runtime graph optimisation (default: basic for diffusion noise models, all otherwise).
+    /// ONNX Runtime graph optimisation level (default: all).
     #[arg(long, value_enum)]
     pub ort_opt: Option<crate::runtime::OrtOpt>,
     /// Images per inference batch (default: 256 for classifiers, the grader spec's for generators).

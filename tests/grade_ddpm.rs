@@ -245,3 +245,72 @@ fn digits_folder_rejects_unlabelled_files() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("x_002.png (name does not start with a digit)"));
 }
+
+#[test]
+fn auto_steps_use_most_of_the_budget_and_report_the_prediction() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    ddpm(tmp.path())
+        .arg("--model")
+        .arg(fixture("models/noise-conv.onnx"))
+        .arg("--spec")
+        .arg(small_spec(tmp.path(), 20))
+        .args(["--backend", "tract", "--steps", "auto", "--budget", "20s", "--out", "o"])
+        .assert()
+        .code(predicates::function::function(|c: &i32| *c == 0 || *c == 1))
+        .stdout(contains("steps (auto)"));
+    let r = read_json(&tmp.path().join("o/report.json"));
+    let d = &r["details"];
+    assert_eq!(d["sampler"], "dpm-solver++(2m)");
+    let (predicted, took) = (d["predicted_seconds"].as_f64().unwrap(), d["generate_seconds"].as_f64().unwrap());
+    assert_ne!(r["status"], "over-budget", "{}", r["notes"]);
+    // Aimed at ~90% of the budget: generation must use a good part of it, not a cautious fraction.
+    assert!(took > 0.5 * 20.0, "generation took {took} s of a 20 s budget (predicted {predicted} s)");
+    assert!(r["timings"]["total"].as_f64().unwrap() < 20.0, "{}", r["timings"]);
+}
+
+#[test]
+fn clipping_is_on_for_few_step_samplers_and_off_for_ddpm_unless_asked() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = |args: &[&str], out: &str| {
+        ddpm(tmp.path())
+            .arg("--model")
+            .arg(fixture("models/noise-conv.onnx"))
+            .arg("--spec")
+            .arg(small_spec(tmp.path(), 1))
+            .args(["--backend", "tract", "--budget", "10m", "--out", out])
+            .args(args)
+            .assert()
+            .code(predicates::function::function(|c: &i32| *c == 0 || *c == 1));
+        let r = read_json(&tmp.path().join(out).join("report.json"));
+        (r["details"]["clip_x0"].as_bool().unwrap(), r["inputs"]["sampler"].as_str().unwrap().to_string())
+    };
+    let (on, text) = clip(&["--steps", "3"], "dpm");
+    assert!(on && text.contains("x0 clipping on") && text.contains("dpm-solver"), "{text}");
+    assert!(clip(&["--sampler", "ddim", "--steps", "3"], "ddim").0);
+    assert!(!clip(&["--sampler", "ddim", "--steps", "3", "--no-clip"], "ddim-no").0);
+    assert!(!clip(&["--sampler", "ddpm"], "ddpm").0);
+    assert!(clip(&["--sampler", "ddpm", "--clip"], "ddpm-clip").0);
+}
+
+#[test]
+fn process_png_has_a_labelled_column_per_timestep() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    ddpm(tmp.path())
+        .arg("--model")
+        .arg(fixture("models/noise-oracle.onnx"))
+        .arg("--spec")
+        .arg(small_spec(tmp.path(), 1))
+        .args(["--backend", "tract", "--steps", "20", "--out", "o"])
+        .assert()
+        .success();
+    let p = image::open(tmp.path().join("o/process.png")).unwrap().to_rgb8();
+    // 8 columns of 28x28 at scale 2 with 2 px padding, 10 rows, plus the header strip of labels.
+    assert_eq!(p.width(), 8 * 58 + 2);
+    let body = 10 * 58 + 2;
+    assert!(p.height() > body, "no header strip");
+    let header_lit = (0..p.width()).flat_map(|x| (0..p.height() - body).map(move |y| (x, y))).filter(|&(x, y)| p.get_pixel(x, y)[0] == 230).count();
+    assert!(header_lit > 8 * 10, "the header strip has no labels ({header_lit} lit pixels)");
+}

@@ -61,6 +61,9 @@ pub struct NoiseEngine {
     contract: Contract,
     name: String,
     pub evals: u64,
+    /// Most rows sent to the model in one call (a sampling batch with guidance is split into calls of
+    /// this size): the seed UNet's 784-token attention makes large calls memory-bound.
+    pub call_rows: usize,
 }
 
 impl NoiseEngine {
@@ -75,10 +78,8 @@ impl NoiseEngine {
             contract.meta_i64("timesteps")?.try_into().map_err(|_| anyhow!("metadata timesteps must be positive"))?,
         )
         .with_context(|| format!("noise schedule of {}", path.display()))?;
-        let mut rt = opts.runtime.clone();
-        rt.ort_opt.get_or_insert(runtime::OrtOpt::Basic);
-        let engine = runtime::open(&file, &rt)?;
-        Ok((NoiseEngine { engine, contract, name: path.display().to_string(), evals: 0 }, schedule))
+        let engine = runtime::open(&file, &opts.runtime)?;
+        Ok((NoiseEngine { engine, contract, name: path.display().to_string(), evals: 0, call_rows: usize::MAX }, schedule))
     }
 
     pub fn engine_info(&self) -> &runtime::EngineInfo {
@@ -94,7 +95,7 @@ impl NoiseModel for NoiseEngine {
     fn predict(&mut self, x: &[f32], shape: [usize; 4], t: &[i64], labels: &[i64]) -> Result<Vec<f32>> {
         let [n, c, h, w] = shape;
         let chw = c * h * w;
-        let step = self.contract.fixed_batch.unwrap_or(n).max(1);
+        let step = self.contract.fixed_batch.unwrap_or(n.min(self.call_rows)).max(1);
         let mut out = Vec::with_capacity(n * chw);
         let names = &self.contract.inputs;
         for start in (0..n).step_by(step) {
@@ -158,6 +159,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let batch = if opts.batch > 0 { opts.batch } else { s.get("batch").and_then(|v| v.as_integer()).unwrap_or(100) as usize };
 
     let (mut noise, schedule) = NoiseEngine::open(&model_path, opts)?;
+    noise.call_rows = s.get("call_rows").and_then(|v| v.as_integer()).unwrap_or(20).max(1) as usize;
     let guidance = match args.guidance {
         Some(g) => g,
         None => noise.contract().meta_f64("guidance_scale")?,
@@ -376,6 +378,14 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         "generate_seconds": gen_s,
         "replans": replans,
     });
+    if auto {
+        report.notes.push(format!(
+            "--steps auto: {} steps were predicted to take {predicted:.0} s of generation (warm-up {:.3} s per call){}; they took {gen_s:.0} s",
+            visited.len(),
+            per_call.as_secs_f64(),
+            if replans.is_empty() { String::new() } else { format!(", after a re-plan from {} steps on the first batch's timing", replans[0]["steps_before"]) }
+        ));
+    }
     report.inputs.insert("sampler".into(), format!(
         "{} with {} steps{}, x0 clipping {}, guidance {guidance}, seed {seed}",
         kind.label(), visited.len(), if auto { " (auto)" } else { "" }, if clip { "on" } else { "off" }));
