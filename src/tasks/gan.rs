@@ -170,6 +170,8 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     let batch = if opts.batch > 0 { opts.batch } else { spec.sampling.get("batch").and_then(|v| v.as_integer()).unwrap_or(100) as usize };
     let reference = args.reference.clone().map(Ok).unwrap_or_else(|| spec.data_str("reference").map(PathBuf::from))?;
 
+    // Before generating: a wrong installed model is an error the user should see at once.
+    let inception = locate_inception(&args.inception)?;
     let mut gen = Generator::open(&args.model, opts)?;
     let out = opts.out_dir(&spec.name)?;
     let mut report = Report::new(&spec);
@@ -229,7 +231,7 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     let t_fid = Instant::now();
     let mut fid_value = None;
     let mut kid_value = None;
-    match locate_inception(&args.inception)? {
+    match inception {
         Err(why) => report.notes.push(format!("FID and KID not computed: {why}")),
         Ok(p) if images.is_empty() => report.notes.push(format!("FID not computed: no image was generated ({})", p.display())),
         Ok(p) => {
