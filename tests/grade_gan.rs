@@ -79,6 +79,8 @@ fn gan_fid_kid_and_cached_reference_statistics() {
     let fid = r["metrics"][0]["value"].as_f64().unwrap();
     assert!(fid.is_finite() && fid > 0.0, "{fid}");
     assert!(r["metrics"][2]["value"].as_f64().is_some(), "KID missing: {}", r["metrics"]);
+    assert_eq!(r["metrics"][2]["name"], "kid");
+    assert_eq!(r["metrics"][2]["higher_is_better"], false, "KID is a distance: lower is better");
     assert!(r["notes"].to_string().contains("samples for 2048 dimensions"), "expected a warning about fewer samples than dimensions: {}", r["notes"]);
 
     // Statistics computed once and reused give the same FID; KID then needs the images.

@@ -86,7 +86,8 @@ impl Report {
             value,
             simple: b.as_ref().map(|b| b.simple),
             strong: b.as_ref().and_then(|b| b.strong),
-            higher_is_better: b.as_ref().map(|b| b.higher_is_better).unwrap_or(true),
+            // Without a baseline, the metric's own nature: distances between distributions are better low.
+            higher_is_better: b.as_ref().map(|b| b.higher_is_better).unwrap_or(!matches!(name, "fid" | "kid")),
             verdict: b.map(|b| b.verdict(value)),
         });
     }
