@@ -112,7 +112,11 @@ fn grade_fid_finds_the_installed_model_without_a_flag() {
     let tmp = tempfile::tempdir().unwrap();
     blob_images(&tmp.path().join("a"), 4, 1);
     blob_images(&tmp.path().join("b"), 4, 2);
-    grade(tmp.path()).env_remove("GRADEKIT_INCEPTION").args(["fid", "a", "b", "--json", "fid.json"]).assert().success();
+    let ok = grade(tmp.path()).env_remove("GRADEKIT_INCEPTION").args(["fid", "a", "b", "--json", "fid.json"]).output().unwrap();
+    assert!(ok.status.success());
+    // The summary says what was compared and with which model.
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(text.contains("(4 images) with b (4 images)") && text.contains("inception-fid.onnx"), "{text}");
     let fid = read_json(&tmp.path().join("fid.json"))["fid"].as_f64().unwrap();
     assert!(fid.is_finite() && fid > 0.0, "{fid}");
     let out = grade(tmp.path()).env("GRADEKIT_INCEPTION", "off").args(["fid", "a", "b"]).output().unwrap();

@@ -47,6 +47,9 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Fid { a, b, inception, json, runtime } => {
             let rt = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
             let v = tasks::gan::fid_folders(&a, &b, &inception, &rt, false)?;
+            // Say what was compared, as every grader's summary does.
+            println!("compared {} ({} images) with {} ({} images)", a.display(), v["n_a"], b.display(), v["n_b"]);
+            println!("inception: {}, backend: {}", v["inception"].as_str().unwrap_or("?"), v["backend"].as_str().unwrap_or("?"));
             println!("FID: {}", v["fid"]);
             if !v["kid"].is_null() {
                 println!("KID: {} (std {})", v["kid"], v["kid_std"]);

@@ -323,5 +323,8 @@ pub fn fid_folders(a: &Path, b: &Path, inception: &Option<PathBuf>, rt: &Runtime
         "n_b": sb.n,
         "warnings": f.warnings,
         "backend": net.engine_info().to_string(),
+        "inception": p.display().to_string(),
+        "a": a.display().to_string(),
+        "b": b.display().to_string(),
     }))
 }
