@@ -84,7 +84,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Digits { dir, classifier, resize, runtime, output } => {
             let opts = run_options(Some(&runtime), &output)?;
             let bundled = classifier.is_none();
-            let classifier = classifier.unwrap_or_else(|| tasks::ddpm::rel_or_root(tasks::digits::DEFAULT_JUDGE));
+            let classifier = classifier.unwrap_or_else(|| tasks::rel_or_root(tasks::digits::DEFAULT_JUDGE));
             Ok(tasks::digits::run(&dir, &classifier, bundled, resize, &opts)?.exit_code())
         }
         Command::Csv { predictions, labels, grader, output } => {

@@ -287,29 +287,27 @@ fn run(
             clip_via_x0(&x, &mut eps, ab_t);
         }
 
-        match cfg.kind {
-            SamplerKind::Ddpm | SamplerKind::Ddim { .. } => {
-                // x_next = a * x + b * eps + sigma * z, per element; both samplers fit this form.
-                let (a, b, sigma) = match cfg.kind {
-                    SamplerKind::Ddpm => {
-                        let coef = 1.0 / alphas[t].sqrt();
-                        // dome272 adds no noise on the step that produces x_0 (t == 1).
-                        let sigma = if t > 1 { betas[t].sqrt() } else { 0.0 };
-                        (coef, -coef * betas[t] / (1.0 - ab_t).sqrt(), sigma)
-                    }
-                    SamplerKind::Ddim { eta } => {
-                        // The last step jumps to alpha_bar = 1, i.e. returns the x0 prediction.
-                        let ab_prev = if last { 1.0 } else { abs[t_next] };
-                        let sigma = eta
-                            * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt()
-                            * (1.0 - ab_t / ab_prev).sqrt();
-                        let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
-                        // sqrt(ab_prev) * x0 + dir * eps with x0 = (x - sqrt(1-ab_t) eps) / sqrt(ab_t).
-                        let r = (ab_prev / ab_t).sqrt();
-                        (r, dir - r * (1.0 - ab_t).sqrt(), sigma)
-                    }
-                    SamplerKind::DpmSolver2M => unreachable!(),
-                };
+        // DDPM and DDIM: x_next = a * x + b * eps + sigma * z, per element.
+        let linear = match cfg.kind {
+            SamplerKind::Ddpm => {
+                let coef = 1.0 / alphas[t].sqrt();
+                // dome272 adds no noise on the step that produces x_0 (t == 1).
+                let sigma = if t > 1 { betas[t].sqrt() } else { 0.0 };
+                Some((coef, -coef * betas[t] / (1.0 - ab_t).sqrt(), sigma))
+            }
+            SamplerKind::Ddim { eta } => {
+                // The last step jumps to alpha_bar = 1, i.e. returns the x0 prediction.
+                let ab_prev = if last { 1.0 } else { abs[t_next] };
+                let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_prev).sqrt();
+                let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
+                // sqrt(ab_prev) * x0 + dir * eps with x0 = (x - sqrt(1-ab_t) eps) / sqrt(ab_t).
+                let r = (ab_prev / ab_t).sqrt();
+                Some((r, dir - r * (1.0 - ab_t).sqrt(), sigma))
+            }
+            SamplerKind::DpmSolver2M => None,
+        };
+        match linear {
+            Some((a, b, sigma)) => {
                 // Draw only when noise is added; the decision depends on t alone, so every image's
                 // stream advances identically whatever the batch split.
                 if sigma > 0.0 {
@@ -320,7 +318,7 @@ fn run(
                     *o = (a * xv as f64 + b * e + noise) as f32;
                 }
             }
-            SamplerKind::DpmSolver2M => {
+            None => {
                 let (alpha_t, sigma_t) = (ab_t.sqrt(), (1.0 - ab_t).sqrt());
                 let x0: Vec<f64> = x
                     .iter()
@@ -338,22 +336,15 @@ fn run(
                     let (alpha_n, sigma_n) = (ab_n.sqrt(), (1.0 - ab_n).sqrt());
                     let h = (alpha_n / sigma_n).ln() - lambda_t;
                     let (ratio, coef) = (sigma_n / sigma_t, -alpha_n * (-h).exp_m1());
-                    match &history {
-                        // Second order (the midpoint form): x0 + (x0 - x0_prev) / (2 r), r = h_prev / h.
-                        Some(prev) => {
-                            let half_over_r = 0.5 * h / (lambda_t - prev.lambda);
-                            for (((o, &xv), &d0), &d_prev) in
-                                next.iter_mut().zip(&x).zip(&x0).zip(&prev.x0)
-                            {
-                                let d = d0 + half_over_r * (d0 - d_prev);
-                                *o = (ratio * f64::from(xv) + coef * d) as f32;
-                            }
-                        }
-                        None => {
-                            for ((o, &xv), &d0) in next.iter_mut().zip(&x).zip(&x0) {
-                                *o = (ratio * f64::from(xv) + coef * d0) as f32;
-                            }
-                        }
+                    // Second order after the first step (the midpoint form): x0 + (x0 - x0_prev) / (2 r),
+                    // r = h_prev / h; first order (x0 alone) on the first.
+                    let prev = history.as_ref().map(|p| (0.5 * h / (lambda_t - p.lambda), &p.x0));
+                    for (k, (o, &xv)) in next.iter_mut().zip(&x).enumerate() {
+                        let d = match prev {
+                            Some((half_over_r, x0_prev)) => x0[k] + half_over_r * (x0[k] - x0_prev[k]),
+                            None => x0[k],
+                        };
+                        *o = (ratio * f64::from(xv) + coef * d) as f32;
                     }
                 }
                 history = Some(History { x0, lambda: lambda_t });

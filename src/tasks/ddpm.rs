@@ -120,20 +120,6 @@ impl NoiseModel for NoiseEngine {
     }
 }
 
-pub fn rel_or_root(p: &str) -> PathBuf {
-    let rel = PathBuf::from(p);
-    if rel.exists() {
-        return rel;
-    }
-    // Defaults name the project's fixtures; resolve them from the source tree when run elsewhere.
-    let alt = Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
-    if alt.exists() {
-        alt
-    } else {
-        rel
-    }
-}
-
 pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let spec = GraderSpec::load("ddpm", args.spec.as_deref())?;
     let deadline = Deadline::start(opts.budget.unwrap_or(spec.budget()));
@@ -141,9 +127,9 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let classes = spec.data_int("num_classes")? as usize;
     let size = spec.data_int("image_size")? as usize;
     let s = &spec.sampling;
-    let model_path = args.model.clone().unwrap_or_else(|| rel_or_root(s.get("model").and_then(|v| v.as_str()).unwrap_or("")));
+    let model_path = args.model.clone().unwrap_or_else(|| super::rel_or_root(s.get("model").and_then(|v| v.as_str()).unwrap_or("")));
     let clf_path =
-        args.classifier.clone().unwrap_or_else(|| rel_or_root(s.get("classifier").and_then(|v| v.as_str()).unwrap_or("")));
+        args.classifier.clone().unwrap_or_else(|| super::rel_or_root(s.get("classifier").and_then(|v| v.as_str()).unwrap_or("")));
     let sampler = match args.sampler {
         Some(a) => a,
         None => match s.get("sampler").and_then(|v| v.as_str()).unwrap_or("dpm-solver") {
@@ -190,15 +176,10 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let batches_per_class = per_class.div_ceil(batch);
     let n_batches = classes * batches_per_class;
     let chw = 3 * size * size;
-    let full = |steps: usize| -> Result<SamplerKind> {
-        Ok(match sampler {
-            SamplerArg::Ddpm => SamplerKind::Ddpm,
-            SamplerArg::Ddim => SamplerKind::Ddim { eta: args.eta },
-            SamplerArg::DpmSolver => {
-                let _ = steps;
-                SamplerKind::DpmSolver2M
-            }
-        })
+    let kind = match sampler {
+        SamplerArg::Ddpm => SamplerKind::Ddpm,
+        SamplerArg::Ddim => SamplerKind::Ddim { eta: args.eta },
+        SamplerArg::DpmSolver => SamplerKind::DpmSolver2M,
     };
     // Warm-up on the real batch shape (guidance doubles it): one call builds the runtime's plan, then
     // several timed calls give the per-call cost the whole run is planned with.
@@ -235,7 +216,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         (_, "auto") => fitting(per_call, usable),
         (_, n) => n.parse().map_err(|_| anyhow!("--steps {n:?}: expected a number or auto"))?,
     };
-    let sampler_name = full(steps)?.label();
+    let sampler_name = kind.label();
     if auto && steps == 0 {
         return fail_fast(report, &out, opts, format!(
             "not even one {sampler_name} step fits: one step for {total_images} images takes ~{:.1} s, {:.1} s are left of the {:.0} s budget. Use a faster backend (--backend ort) or a larger --budget",
@@ -262,8 +243,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut replans: Vec<serde_json::Value> = vec![];
-    let (generated, process_rows, process_t, visited, stopped, gen_s, kind) = 'attempt: loop {
-        let kind = full(steps)?;
+    let (generated, process_rows, process_t, visited, stopped, gen_s) = 'attempt: loop {
         let visited = diffusion::timesteps(kind, steps, t_total)?;
         pb.set_length((total_images * visited.len()) as u64);
         pb.set_position(0);
@@ -359,7 +339,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
                 break;
             }
         }
-        break (generated, process_rows, process_t, visited, stopped, t_gen.elapsed().as_secs_f64(), kind);
+        break (generated, process_rows, process_t, visited, stopped, t_gen.elapsed().as_secs_f64());
     };
     pb.finish_and_clear();
     let predicted = predict(per_call, visited.len()).as_secs_f64();

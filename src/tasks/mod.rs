@@ -58,3 +58,18 @@ pub fn parse_meta(pairs: &[String]) -> Result<BTreeMap<String, String>> {
     }
     Ok(m)
 }
+
+/// A bundled default named relative to the project (`models/...`): as given when it exists from the
+/// current folder, else from the source tree `grade` was built from (an installed binary run elsewhere).
+pub fn rel_or_root(p: &str) -> std::path::PathBuf {
+    let rel = std::path::PathBuf::from(p);
+    if rel.exists() {
+        return rel;
+    }
+    let alt = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
+    if alt.exists() {
+        alt
+    } else {
+        rel
+    }
+}
