@@ -223,6 +223,9 @@ pub enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Give up (exit 2) when loading and one trial run take longer than this.
+        #[arg(long, default_value = "60s", value_parser = crate::budget::parse_budget)]
+        timeout: std::time::Duration,
     },
     /// Convert a PyTorch .pth checkpoint of a known architecture to an ONNX model the graders accept.
     Convert {
@@ -242,6 +245,57 @@ pub enum Command {
         /// Metadata to write into the model, KEY=VALUE (e.g. guidance_scale=3); repeatable.
         #[arg(long = "meta", value_name = "KEY=VALUE")]
         meta: Vec<String>,
+    },
+    /// Grade a whole class: one folder per student (docs/batch.md), every applicable grader, each run
+    /// isolated with time and memory limits; resumable; ends in scoreboard.csv and scoreboard.html.
+    Batch {
+        /// The class folder: one sub-folder per student (gan.onnx, ddpm.onnx, dann-usps.onnx|csv, dann-svhn.onnx|csv).
+        submissions: PathBuf,
+        /// The batch folder (reused to resume: finished students are skipped).
+        #[arg(long)]
+        out: PathBuf,
+        /// Re-grade students that finished in an earlier run (and reuse a non-batch --out folder).
+        #[arg(long)]
+        force: bool,
+        /// Grade only shard I of N (1-based; stable by student id), e.g. for a CI matrix or a Slurm array; combine with `grade merge`.
+        #[arg(long)]
+        shard: Option<crate::tasks::batch::Shard>,
+        /// Graders to run, comma-separated (default: every grader some student handed in a file for).
+        #[arg(long, value_delimiter = ',')]
+        graders: Vec<String>,
+        /// The homework data root (hw2_data layout: digits/usps, digits/svhn, face/val).
+        #[arg(long, default_value = "data/hw2_data")]
+        data: PathBuf,
+        /// Extra argument for one grader's runs, GRADER=ARG (GRADER `all`: every model grader), e.g. ddpm=--steps=20; repeatable.
+        #[arg(long = "grader-arg", value_name = "GRADER=ARG")]
+        grader_args: Vec<String>,
+        /// Memory limit of each student's grading process.
+        #[arg(long, default_value = "8G", value_parser = crate::memory::parse_size)]
+        student_memory: u64,
+        /// Time allowed past a grader's budget (start-up, scoring) before its process is killed.
+        #[arg(long, default_value = "300s", value_parser = crate::budget::parse_budget)]
+        grace: std::time::Duration,
+        /// Students graded at once (each grading process uses all cores by default).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// The FID Inception model (default as for `grade gan`).
+        #[arg(long)]
+        inception: Option<PathBuf>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Combine the reports of `grade batch --shard I/N` runs into one class report and scoreboard.
+    Merge {
+        /// Batch folders (or their class.json files).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output folder for the merged class.json, scoreboard.csv and scoreboard.html.
+        #[arg(long)]
+        out: PathBuf,
+        /// Reuse a non-empty output folder.
+        #[arg(long)]
+        force: bool,
     },
     /// List the built-in graders with their budgets and baselines.
     Graders,

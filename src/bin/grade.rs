@@ -92,10 +92,10 @@ fn run(cli: Cli) -> Result<i32> {
             let args = tasks::csv_grade::CsvArgs { predictions, labels, grader, spec: output.spec.clone() };
             Ok(tasks::csv_grade::run(&args, &opts)?.exit_code())
         }
-        Command::Check { model, kind, runtime, json } => {
+        Command::Check { model, kind, runtime, json, timeout } => {
             let opts = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
             let meta = tasks::parse_meta(&runtime.meta)?;
-            let report = tasks::check::run(&model, kind, &meta, &opts)?;
+            let report = tasks::check::run_bounded(&model, kind, &meta, &opts, timeout)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -112,6 +112,22 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("note: {} tensor(s) of the checkpoint are not part of the model: {}", unused.len(), unused.join(", "));
             }
             Ok(0)
+        }
+        Command::Batch { submissions, out, force, shard, graders, data, grader_args, student_memory, grace, jobs, inception, quiet } => {
+            let args = tasks::batch::BatchArgs { submissions, out, force, shard, graders, data, grader_args, student_memory, grace, jobs, inception, quiet };
+            let report = tasks::batch::run(&args)?;
+            let (_, failed, errors) = report.counts();
+            Ok(if failed + errors == 0 { 0 } else { 1 })
+        }
+        Command::Merge { inputs, out, force } => {
+            let m = tasks::batch::merge::merge(&inputs, &out, force)?;
+            let (p, f, e) = m.report.counts();
+            println!("merged {} reports: {} students ({p} passed, {f} failed, {e} with errors) into {}", inputs.len(), m.report.students.len(), out.display());
+            if !m.missing_shards.is_empty() {
+                eprintln!("error: shards {:?} of {} are missing: the scoreboard covers only part of the class", m.missing_shards, m.report.shards[0].count);
+                return Ok(2);
+            }
+            Ok(if f + e == 0 { 0 } else { 1 })
         }
         Command::Graders => {
             for name in GraderSpec::names() {

@@ -53,3 +53,15 @@ pub(crate) fn sym_eigen(m: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>)> {
 pub(crate) fn singular_values(m: MatRef<'_, f64>) -> Result<Vec<f64>> {
     m.singular_values().map_err(|e| anyhow!("singular values did not converge: {e:?}"))
 }
+
+/// a b.
+pub(crate) fn mul_nn(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
+    let mut c = Mat::<f64>::zeros(a.nrows(), b.ncols());
+    matmul(c.as_mut(), Accum::Replace, a, b, 1.0, get_global_parallelism());
+    c
+}
+
+/// Eigenvalues only (ascending) of a symmetric matrix, read from its lower triangle.
+pub(crate) fn sym_eigenvalues(m: MatRef<'_, f64>) -> Result<Vec<f64>> {
+    m.self_adjoint_eigenvalues(Side::Lower).map_err(|e| anyhow!("eigensolver: {e:?}"))
+}

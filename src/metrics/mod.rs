@@ -3,7 +3,9 @@
 pub mod accuracy;
 pub mod faces;
 pub mod fid;
+pub mod fid_bootstrap;
 pub mod inception;
+pub mod interval;
 pub mod kid;
 mod linalg;
 pub mod npz;

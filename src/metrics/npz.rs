@@ -17,7 +17,17 @@ use super::fid::Stats;
 
 /// Writes `stats` atomically: a temporary file in the target's folder, renamed over `path`.
 pub fn write_stats_npz(path: &Path, stats: &Stats) -> Result<()> {
+    write_stats_npz_with_features(path, stats, None)
+}
+
+/// Like [`write_stats_npz`], plus the feature rows (`features.npy`, n x d, float64 holding the f32
+/// values exactly) so a later run can compute KID without the images. pytorch-fid ignores the extra
+/// array.
+pub fn write_stats_npz_with_features(path: &Path, stats: &Stats, features: Option<(&[f32], usize)>) -> Result<()> {
     stats.check().context("refusing to write invalid stats")?;
+    if let Some((f, n)) = features {
+        ensure!(f.len() == n * stats.dim, "features: {} values for {n} rows of {}", f.len(), stats.dim);
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -36,7 +46,12 @@ pub fn write_stats_npz(path: &Path, stats: &Stats) -> Result<()> {
         .compression_method(CompressionMethod::Deflated)
         .large_file(stats.sigma.len() * 8 >= u32::MAX as usize);
     let d = stats.dim;
-    for (name, shape, data) in [("mu.npy", vec![d], &stats.mu), ("sigma.npy", vec![d, d], &stats.sigma)] {
+    let feats: Option<(Vec<f64>, usize)> = features.map(|(f, n)| (f.iter().map(|&v| f64::from(v)).collect(), n));
+    let mut arrays = vec![("mu.npy", vec![d], &stats.mu), ("sigma.npy", vec![d, d], &stats.sigma)];
+    if let Some((f, n)) = &feats {
+        arrays.push(("features.npy", vec![*n, d], f));
+    }
+    for (name, shape, data) in arrays {
         zip.start_file(name, options)?;
         zip.write_all(&npy_header(&shape))?;
         let mut bytes = Vec::with_capacity(data.len() * 8);
@@ -70,6 +85,18 @@ pub fn read_stats_npz(path: &Path) -> Result<Stats> {
     let stats = Stats { mu, sigma, dim: d, n: 0 };
     stats.check().with_context(|| format!("{}", path.display()))?;
     Ok(stats)
+}
+
+/// The feature rows stored by [`write_stats_npz_with_features`], if the file has them.
+pub fn read_features_npz(path: &Path) -> Result<Option<(Vec<f32>, usize)>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut zip = ZipArchive::new(file).with_context(|| format!("{} is not an .npz (zip) file", path.display()))?;
+    if zip.index_for_name("features.npy").is_none() {
+        return Ok(None);
+    }
+    let (shape, v) = read_member(&mut zip, "features").with_context(|| format!("{}: features", path.display()))?;
+    ensure!(shape.len() == 2, "{}: features has shape {shape:?}, expected (n, d)", path.display());
+    Ok(Some((v.iter().map(|&x| x as f32).collect(), shape[0])))
 }
 
 /// `f[name]` as numpy resolves it: the member `name.npy`, or `name` itself.

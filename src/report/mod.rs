@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use crate::metrics::interval::{self, Interval};
 use crate::runtime::EngineInfo;
 use crate::spec::{GraderSpec, Verdict};
 
@@ -35,6 +36,13 @@ pub struct MetricRow {
     pub strong: Option<f64>,
     pub higher_is_better: bool,
     pub verdict: Option<Verdict>,
+    /// 95% confidence interval (Wilson for accuracies, bootstrap for FID) when one was computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Interval>,
+    /// The baselines ("simple", "strong") that lie inside the interval: the verdict against them is
+    /// within noise, and another draw of images could land on the other side.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub within_noise_of: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,7 +97,31 @@ impl Report {
             // Without a baseline, the metric's own nature: distances between distributions are better low.
             higher_is_better: b.as_ref().map(|b| b.higher_is_better).unwrap_or(!matches!(name, "fid" | "kid")),
             verdict: b.map(|b| b.verdict(value)),
+            interval: None,
+            within_noise_of: vec![],
         });
+    }
+
+    /// Adds an accuracy (`correct` of `total`) with its 95% Wilson interval.
+    pub fn accuracy_metric(&mut self, name: &str, correct: u64, total: u64) {
+        if total == 0 {
+            return self.metric(name, None);
+        }
+        self.metric(name, Some(correct as f64 / total as f64));
+        if let Ok(i) = interval::wilson(correct, total, 0.95) {
+            self.set_interval(name, i);
+        }
+    }
+
+    /// Attaches a confidence interval to metric `name` and notes the baselines it straddles.
+    pub fn set_interval(&mut self, name: &str, i: Interval) {
+        if let Some(m) = self.metrics.iter_mut().find(|m| m.name == name) {
+            m.within_noise_of = [("simple", m.simple), ("strong", m.strong)]
+                .into_iter()
+                .filter_map(|(k, b)| b.filter(|b| i.contains(*b)).map(|_| k.to_string()))
+                .collect();
+            m.interval = Some(i);
+        }
     }
 
     /// Sets the status from the verdicts (an over-budget run stays over budget).

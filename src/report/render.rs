@@ -28,6 +28,24 @@ fn verdict(v: Option<Verdict>) -> &'static str {
     }
 }
 
+/// The 95% interval as "[lo, hi]", or "-".
+fn fmt_interval(m: &super::MetricRow) -> String {
+    match &m.interval {
+        Some(i) => format!("[{}, {}]", fmt_value(Some(i.lo)), fmt_value(Some(i.hi))),
+        None => "-".into(),
+    }
+}
+
+/// The verdict, plus which baselines lie inside the interval (a verdict within noise).
+fn verdict_text(m: &super::MetricRow) -> String {
+    let v = verdict(m.verdict);
+    if m.within_noise_of.is_empty() || v.is_empty() {
+        v.to_string()
+    } else {
+        format!("{v} (within noise of {})", m.within_noise_of.join(" and "))
+    }
+}
+
 fn status(s: Status) -> &'static str {
     match s {
         Status::Passed => "PASSED",
@@ -49,14 +67,14 @@ pub fn table(r: &Report) -> String {
         let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
         s.push_str(&format!("counts: {}\n", counts.join(", ")));
     }
-    let rows: Vec<[String; 5]> = r
+    let rows: Vec<[String; 6]> = r
         .metrics
         .iter()
-        .map(|m| [m.name.clone(), fmt_value(m.value), fmt_opt(m.simple), fmt_opt(m.strong), verdict(m.verdict).into()])
+        .map(|m| [m.name.clone(), fmt_value(m.value), fmt_interval(m), fmt_opt(m.simple), fmt_opt(m.strong), verdict_text(m)])
         .collect();
-    let header = ["metric", "value", "simple", "strong", "verdict"].map(String::from);
+    let header = ["metric", "value", "95% interval", "simple", "strong", "verdict"].map(String::from);
     let widths: Vec<usize> =
-        (0..5).map(|i| rows.iter().chain(std::iter::once(&header)).map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+        (0..6).map(|i| rows.iter().chain(std::iter::once(&header)).map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     for row in std::iter::once(&header).chain(rows.iter()) {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         s.push_str(cells.join("  ").trim_end());
@@ -81,15 +99,16 @@ pub fn table(r: &Report) -> String {
 
 pub fn markdown(r: &Report) -> String {
     let mut s = format!("## {} — {}\n\n", r.grader.title, status(r.status));
-    s.push_str("| metric | value | simple | strong | verdict |\n|---|---|---|---|---|\n");
+    s.push_str("| metric | value | 95% interval | simple | strong | verdict |\n|---|---|---|---|---|---|\n");
     for m in &r.metrics {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} |\n",
             m.name,
             fmt_value(m.value),
+            fmt_interval(m),
             fmt_opt(m.simple),
             fmt_opt(m.strong),
-            verdict(m.verdict)
+            verdict_text(m)
         ));
     }
     s.push('\n');

@@ -132,3 +132,32 @@ impl CheckReport {
         s
     }
 }
+
+/// [`run`] with a wall-clock limit: a model whose graph runs for ever (a long Loop, huge convolutions)
+/// gets a clear error instead of a check that never returns. The trial runs on its own thread; past
+/// the limit the process exits (an inference call cannot be cancelled from outside).
+pub fn run_bounded(
+    path: &Path,
+    kind: ModelKind,
+    meta: &BTreeMap<String, String>,
+    opts: &RuntimeOptions,
+    limit: std::time::Duration,
+) -> Result<CheckReport> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (p, m, o) = (path.to_path_buf(), meta.clone(), opts.clone());
+    std::thread::Builder::new().name("check".into()).spawn(move || {
+        let _ = tx.send(run(&p, kind, &m, &o));
+    })?;
+    match rx.recv_timeout(limit) {
+        Ok(r) => r,
+        Err(_) => {
+            eprintln!(
+                "error: {} did not load and run one trial batch within {:.0} s (--timeout): the model is too slow to grade \
+                 (a long Loop or very large layers?); simplify it or raise --timeout",
+                path.display(),
+                limit.as_secs_f64()
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -51,7 +51,7 @@ pub fn run(args: &CsvArgs, opts: &RunOptions) -> Result<Report> {
     let mut report = Report::new(&spec);
     report.inputs.insert("predictions".into(), args.predictions.display().to_string());
     report.inputs.insert("labels".into(), args.labels.display().to_string());
-    report.metric("accuracy", Some(acc.accuracy));
+    report.accuracy_metric("accuracy", acc.correct, acc.total);
     report.counts.insert("images".into(), acc.total);
     report.counts.insert("correct".into(), acc.correct);
     report.details = serde_json::json!({

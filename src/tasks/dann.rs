@@ -137,7 +137,7 @@ pub fn run(args: &DannArgs, opts: &RunOptions) -> Result<Report> {
             if invalid_names.len() > 5 { ", ..." } else { "" }
         ));
     }
-    report.metric("accuracy", (acc.total > 0).then_some(acc.accuracy));
+    report.accuracy_metric("accuracy", acc.correct, acc.total);
     report.counts.insert("images".into(), acc.total);
     report.counts.insert("correct".into(), acc.correct);
     report.counts.insert("invalid_outputs".into(), acc.invalid);

@@ -412,7 +412,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     if stopped {
         report.status = Status::OverBudget;
     }
-    report.metric("accuracy", (acc.total > 0).then_some(acc.accuracy));
+    report.accuracy_metric("accuracy", acc.correct, acc.total);
     report.counts.insert("images".into(), generated.len() as u64);
     report.counts.insert("images_expected".into(), total_images as u64);
     report.counts.insert("noise_model_evaluations".into(), evals);

@@ -78,7 +78,7 @@ pub fn run(dir: &Path, classifier: &Path, bundled: bool, resize: bool, opts: &Ru
     report.engine = Some(clf.engine.info().clone());
     report.inputs.insert("folder".into(), dir.display().to_string());
     report.inputs.insert("classifier".into(), format!("{}{}", classifier.display(), if bundled { " (bundled default)" } else { "" }));
-    report.metric("accuracy", Some(acc.accuracy));
+    report.accuracy_metric("accuracy", acc.correct, acc.total);
     report.counts.insert("images".into(), acc.total);
     report.counts.insert("correct".into(), acc.correct);
     report.details = serde_json::json!({ "per_digit_accuracy": acc.per_class, "confusion": acc.confusion });

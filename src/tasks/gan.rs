@@ -153,7 +153,9 @@ pub fn reference_stats(reference: &Path, net: &mut InceptionNet, quiet: bool) ->
         if reference.extension().and_then(|e| e.to_str()) != Some("npz") {
             bail!("reference {} is a file but not a .npz of statistics (make one with `grade fid-stats DIR -o stats.npz`)", reference.display());
         }
-        return Ok((npz::read_stats_npz(reference)?, None));
+        // Statistics cached with their features (as `grade batch` does) still allow KID.
+        let feats = npz::read_features_npz(reference)?;
+        return Ok((npz::read_stats_npz(reference)?, feats));
     }
     if !reference.is_dir() {
         bail!("reference {} not found: pass a folder of images or a .npz from `grade fid-stats`", reference.display());
@@ -231,6 +233,7 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     let t_fid = Instant::now();
     let mut fid_value = None;
     let mut kid_value = None;
+    let mut fid_interval = None;
     match inception {
         Err(why) => report.notes.push(format!("FID and KID not computed: {why}")),
         Ok(p) if images.is_empty() => report.notes.push(format!("FID not computed: no image was generated ({})", p.display())),
@@ -252,6 +255,18 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
             let f = fid::frechet_distance(&ours, &theirs)?;
             report.notes.extend(f.warnings.iter().cloned());
             fid_value = Some(f.value);
+            let reps = spec.sampling.get("fid_bootstrap").and_then(|v| v.as_integer()).unwrap_or(100).max(0) as usize;
+            if reps > 0 && images.len() >= 2 {
+                let t = Instant::now();
+                let b = crate::metrics::fid_bootstrap::fid_bootstrap(&feats, images.len(), 2048, &theirs, reps, seed, 0.95)?;
+                report.notes.push(format!(
+                    "FID interval: {reps} bootstrap resamples of the generated images; resampled FIDs ran {:.2} higher on average (the sample-size bias), taken out of the interval",
+                    b.bias
+                ));
+                fid_interval = Some(b.interval);
+                report.timings.insert("fid_bootstrap".into(), t.elapsed().as_secs_f64());
+                report.counts.insert("fid_bootstrap_resamples".into(), reps as u64);
+            }
             match ref_feats {
                 Some((rf, rn)) => {
                     let k = kid::kid(&feats, images.len(), &rf, rn, 2048, &kid::KidConfig::default())?;
@@ -274,7 +289,10 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     let face_s = t_face.elapsed().as_secs_f64();
 
     report.metric("fid", fid_value);
-    report.metric("face_accuracy", (face.loaded > 0).then_some(face.accuracy));
+    if let Some(i) = fid_interval {
+        report.set_interval("fid", i);
+    }
+    report.accuracy_metric("face_accuracy", face.exactly_one as u64, face.loaded as u64);
     report.metric("kid", kid_value);
     report.counts.insert("images".into(), images.len() as u64);
     report.counts.insert("faces_exactly_one".into(), face.exactly_one as u64);

@@ -1,5 +1,6 @@
 //! The graders and tools behind each `grade` subcommand, one module each.
 
+pub mod batch;
 pub mod check;
 pub mod classify;
 pub mod convert;
