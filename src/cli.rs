@@ -275,6 +275,9 @@ pub enum Command {
         /// Time allowed past a grader's budget (start-up, scoring) before its process is killed.
         #[arg(long, default_value = "300s", value_parser = crate::budget::parse_budget)]
         grace: std::time::Duration,
+        /// Wall-clock limit of each grading run (default: the grader's budget plus --grace).
+        #[arg(long, value_parser = crate::budget::parse_budget)]
+        timeout: Option<std::time::Duration>,
         /// Students graded at once (each grading process uses all cores by default).
         #[arg(long, default_value_t = 1)]
         jobs: usize,

@@ -113,8 +113,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Batch { submissions, out, force, shard, graders, data, grader_args, student_memory, grace, jobs, inception, quiet } => {
-            let args = tasks::batch::BatchArgs { submissions, out, force, shard, graders, data, grader_args, student_memory, grace, jobs, inception, quiet };
+        Command::Batch { submissions, out, force, shard, graders, data, grader_args, student_memory, grace, timeout, jobs, inception, quiet } => {
+            let args = tasks::batch::BatchArgs { submissions, out, force, shard, graders, data, grader_args, student_memory, grace, timeout, jobs, inception, quiet };
             let report = tasks::batch::run(&args)?;
             let (_, failed, errors) = report.counts();
             Ok(if failed + errors == 0 { 0 } else { 1 })

@@ -47,9 +47,10 @@ pub fn run(mut cmd: Command, log: &Path, limits: Limits) -> Result<Outcome> {
     let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
-    // A hard cap on the data segment (heap and anonymous maps, Linux >= 4.7) at twice the limit: a
-    // single giant allocation fails at once instead of racing the resident-memory checks. No core files.
-    let data_cap = limits.memory.saturating_mul(2);
+    // A hard cap on the data segment (heap and anonymous maps, Linux >= 4.7) at four times the limit:
+    // an absurd allocation (100 GB) fails at once instead of racing the resident-memory checks, while
+    // address space reserved but never touched (allocators, thread stacks) stays allowed. No core files.
+    let data_cap = limits.memory.saturating_mul(4);
     // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

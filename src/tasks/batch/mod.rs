@@ -170,6 +170,8 @@ pub struct BatchArgs {
     pub grader_args: Vec<String>,
     pub student_memory: u64,
     pub grace: Duration,
+    /// Overrides budget + grace as the wall-clock limit of each grading run.
+    pub timeout: Option<Duration>,
     pub jobs: usize,
     pub inception: Option<PathBuf>,
     pub quiet: bool,
@@ -482,7 +484,7 @@ fn run_grader(
         }
     }
     cmd.arg("--out").arg(&gdir).args(["--force", "--quiet"]);
-    let limits = child::Limits { time: spec.budget() + args.grace, memory: args.student_memory };
+    let limits = child::Limits { time: args.timeout.unwrap_or(spec.budget() + args.grace), memory: args.student_memory };
     let o = child::run(cmd, &out.path(&format!("{dir_rel}/{grader}.log"))?, limits)?;
     let file_name = sub.path().file_name().map(|n| n.to_string_lossy().to_string());
     let mut r = GraderResult {
@@ -498,14 +500,18 @@ fn run_grader(
     match o.ended {
         child::Ended::TimedOut => {
             r.status = GradeStatus::Timeout;
-            r.error = Some(format!("killed after {:.0} s: over the {:.0} s budget plus {:.0} s grace", o.seconds, spec.budget.seconds, args.grace.as_secs_f64()));
+            r.error = Some(format!(
+                "killed after {:.0} s: the grading run did not finish within its {:.0} s limit (the model is too slow or hangs)",
+                o.seconds,
+                limits.time.as_secs_f64()
+            ));
         }
         child::Ended::OverMemory => {
+            // A fixed text (the measured size varies run to run; the log has it).
             r.status = GradeStatus::MemoryLimit;
             r.error = Some(format!(
-                "stopped over the memory limit of {:.2} GiB{}",
-                args.student_memory as f64 / (1u64 << 30) as f64,
-                o.error.map(|e| format!(": {e}")).unwrap_or_default()
+                "stopped over the memory limit of {:.2} GiB per grading run (--student-memory): the model needs more memory than allowed (log: {rel}.log)",
+                args.student_memory as f64 / (1u64 << 30) as f64
             ));
         }
         child::Ended::Signal(sig) => {

@@ -1,0 +1,272 @@
+//! `grade batch` on a generated class of fixture submissions, some broken on purpose (bad ONNX, a
+//! model too slow to finish, a memory hog, a missing file, a symlink): one run, resume, shards merged
+//! equal to the unsharded run, and the scoreboard files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{copy_dir, fixture, grade, read_json};
+use gradekit::onnx::writer::{self, Attr, Dim, Elem, GraphBuilder};
+
+fn classifier_input(g: &mut GraphBuilder) -> String {
+    g.input("image", Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)])
+}
+
+/// 150 64-channel 3x3 convolutions at 28x28: about a minute for the 100 fixture digits, in modest memory.
+fn slow_model(p: &Path) {
+    let mut g = GraphBuilder::new("slow");
+    let x = classifier_input(&mut g);
+    let mut y = x.clone();
+    let mut cin = 3;
+    for i in 0..150 {
+        let w = g.weight(&format!("c{i}"), &[64, cin, 3, 3], &vec![0.001; 64 * cin * 9]);
+        y = g.node("Conv", &[&y, &w], &[Attr::Ints("kernel_shape", vec![3, 3]), Attr::Ints("pads", vec![1, 1, 1, 1])]);
+        cin = 64;
+    }
+    let y = g.node("GlobalAveragePool", &[&y], &[]);
+    let y = g.node("Flatten", &[&y], &[Attr::Int("axis", 1)]);
+    let w = g.weight("fc", &[10, 64], &vec![0.01; 640]);
+    let y = g.node("Gemm", &[&y, &w], &[Attr::Int("transB", 1)]);
+    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+    writer::save(&g.build(), p).unwrap();
+}
+
+/// A 1 GiB constant tensor (ConstantOfShape) in a classifier.
+fn hog_model(p: &Path) {
+    let mut g = GraphBuilder::new("hog");
+    let x = classifier_input(&mut g);
+    let shape = g.const_i64("big_shape", &[1], &[1 << 28]);
+    let big = g.node("ConstantOfShape", &[&shape], &[]);
+    let s = g.node("ReduceSum", &[&big], &[Attr::Int("keepdims", 0)]);
+    let f = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
+    let w = g.weight("w", &[10, 2352], &vec![0.0; 23520]);
+    let y = g.node("Gemm", &[&f, &w], &[Attr::Int("transB", 1)]);
+    let y = g.node("Add", &[&y, &s], &[]);
+    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+    writer::save(&g.build(), p).unwrap();
+}
+
+/// The class: who handed in what.
+fn make_class(root: &Path) -> PathBuf {
+    let class = root.join("class");
+    let put = |student: &str, name: &str, from: &Path| {
+        std::fs::create_dir_all(class.join(student)).unwrap();
+        std::fs::copy(from, class.join(student).join(name)).unwrap();
+    };
+    let template = fixture("models/digit-template.onnx");
+    let oracle = fixture("models/noise-oracle.onnx");
+    // alice: both graders, working models.
+    put("alice", "ddpm.onnx", &oracle);
+    put("alice", "dann-usps.onnx", &template);
+    // bob: DANN as a prediction CSV (every label right), no diffusion model.
+    std::fs::create_dir_all(class.join("bob")).unwrap();
+    let labels = std::fs::read_to_string(fixture("digits/usps/val.csv")).unwrap();
+    std::fs::write(class.join("bob/dann-usps.csv"), labels).unwrap();
+    // carol: not an ONNX file at all.
+    std::fs::create_dir_all(class.join("carol")).unwrap();
+    std::fs::write(class.join("carol/dann-usps.onnx"), b"this is not a model").unwrap();
+    put("carol", "ddpm.onnx", &oracle);
+    // dave: a model that never finishes in time.
+    std::fs::create_dir_all(class.join("dave")).unwrap();
+    slow_model(&class.join("dave/dann-usps.onnx"));
+    // erin: a model that wants 1 GiB (the limit here is 600 MiB).
+    std::fs::create_dir_all(class.join("erin")).unwrap();
+    hog_model(&class.join("erin/dann-usps.onnx"));
+    // frank: forgot his files.
+    std::fs::create_dir_all(class.join("frank")).unwrap();
+    std::fs::write(class.join("frank/README.txt"), b"sorry").unwrap();
+    // gus: a link pointing out of the submission.
+    std::fs::create_dir_all(class.join("gus")).unwrap();
+    std::os::unix::fs::symlink(&template, class.join("gus/dann-usps.onnx")).unwrap();
+    // A roster next to the folders is ignored.
+    std::fs::write(class.join("roster.csv"), b"id\nalice\n").unwrap();
+    class
+}
+
+fn batch(dir: &Path, out: &str, extra: &[&str]) -> std::process::Output {
+    grade(dir)
+        .args(["batch", "class", "--out", out, "--data", "data", "--grader-arg", "all=--backend=tract"])
+        .args(["--grader-arg", "ddpm=--steps=5", "--grader-arg"])
+        .arg(format!("ddpm=--classifier={}", fixture("models/digit-template.onnx").display()))
+        .args(["--student-memory", "600M", "--timeout", "15s"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// class.json's students without the timings (which differ from run to run).
+fn results_without_time(p: &Path) -> serde_json::Value {
+    let mut v = read_json(p)["students"].clone();
+    for s in v.as_array_mut().unwrap() {
+        s["seconds"] = 0.into();
+        for g in s["graders"].as_array_mut().unwrap() {
+            g["seconds"] = 0.into();
+        }
+    }
+    v
+}
+
+fn csv_without_time(p: &Path) -> Vec<Vec<String>> {
+    let mut r = csv::Reader::from_path(p).unwrap();
+    let h = r.headers().unwrap().clone();
+    let t = h.iter().position(|c| c == "seconds").unwrap();
+    let mut rows = vec![h.iter().map(String::from).collect::<Vec<_>>()];
+    for rec in r.records() {
+        rows.push(rec.unwrap().iter().map(String::from).collect());
+    }
+    for row in &mut rows {
+        row.remove(t);
+    }
+    rows
+}
+
+#[test]
+fn a_class_with_broken_submissions_grades_in_one_run_and_in_shards_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_class(d);
+    copy_dir(&fixture("digits/usps"), &d.join("data/digits/usps"));
+
+    let t = std::time::Instant::now();
+    let out = batch(d, "full", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stdout.contains("7 students"), "{stdout}");
+    let class = read_json(&d.join("full/class.json"));
+    assert_eq!(class["graders"], serde_json::json!(["ddpm", "dann-mnistm-usps"]));
+    let st = |id: &str| class["students"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap().clone();
+    let grader = |id: &str, g: &str| st(id)["graders"].as_array().unwrap().iter().find(|x| x["grader"] == g).unwrap().clone();
+
+    assert_eq!(st("alice")["status"], "passed");
+    let acc = &grader("alice", "dann-mnistm-usps")["metrics"][0];
+    assert_eq!(acc["name"], "accuracy");
+    assert!(acc["lo"].as_f64().unwrap() < acc["value"].as_f64().unwrap() && acc["value"].as_f64().unwrap() <= acc["hi"].as_f64().unwrap());
+    assert_eq!(grader("alice", "ddpm")["grid"], "students/alice/ddpm/grid.png");
+    assert!(d.join("full/students/alice/ddpm/grid.png").is_file());
+
+    // bob: the CSV is graded; no diffusion model is "missing", so bob fails overall.
+    assert_eq!(grader("bob", "dann-mnistm-usps")["status"], "passed");
+    assert_eq!(grader("bob", "dann-mnistm-usps")["submission"], "dann-usps.csv");
+    assert_eq!(grader("bob", "ddpm")["status"], "missing");
+    assert_eq!(st("bob")["status"], "failed");
+
+    // carol: the bad model is an error naming the file; her diffusion model still passes.
+    let c = grader("carol", "dann-mnistm-usps");
+    assert_eq!(c["status"], "error");
+    assert!(c["error"].as_str().unwrap().contains("dann-usps.onnx"), "{c}");
+    assert_eq!(grader("carol", "ddpm")["status"], "passed");
+    assert_eq!(st("carol")["status"], "error");
+
+    let dave = grader("dave", "dann-mnistm-usps");
+    assert_eq!(dave["status"], "timeout", "{dave}");
+    assert!(dave["seconds"].as_f64().unwrap() < 25.0);
+    let erin = grader("erin", "dann-mnistm-usps");
+    assert_eq!(erin["status"], "memory-limit", "{erin}");
+    assert_eq!(st("frank")["status"], "failed");
+    assert!(grader("frank", "ddpm")["error"].as_str().unwrap().contains("no ddpm.onnx"));
+    assert_eq!(st("gus")["status"], "error");
+    assert!(st("gus")["error"].as_str().unwrap().contains("symbolic link"));
+    // Nothing written for a refused student, nothing outside the output folder.
+    assert!(!d.join("full/students/gus").exists());
+
+    // Scoreboard: one row per student, metrics with intervals.
+    let rows = csv_without_time(&d.join("full/scoreboard.csv"));
+    assert_eq!(rows.len(), 8);
+    assert!(rows[0].contains(&"dann-mnistm-usps:accuracy:lo".to_string()), "{:?}", rows[0]);
+    let html = std::fs::read_to_string(d.join("full/scoreboard.html")).unwrap();
+    assert!(html.contains("id=\"student-erin\"") && html.contains("data:image/png;base64,"));
+    assert!(!html.contains("<script src") && !html.contains("http://") && !html.contains("https://"), "no network");
+    let first = t.elapsed();
+
+    // Resume: nothing is re-graded (the refused folder is only re-checked).
+    let before = results_without_time(&d.join("full/class.json"));
+    let t = std::time::Instant::now();
+    let again = batch(d, "full", &[]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("6 finished earlier"), "{}", String::from_utf8_lossy(&again.stdout));
+    assert!(t.elapsed() < first / 2, "resume took {:?}, the first run {first:?}", t.elapsed());
+    assert_eq!(results_without_time(&d.join("full/class.json")), before);
+
+    // Three shards, merged, equal the single run.
+    for i in 1..=3 {
+        let o = batch(d, &format!("s{i}"), &["--shard", &format!("{i}/3")]);
+        assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let m = grade(d).args(["merge", "s1", "s2", "s3", "--out", "merged"]).output().unwrap();
+    assert_eq!(m.status.code(), Some(1), "{}", String::from_utf8_lossy(&m.stderr));
+    assert_eq!(results_without_time(&d.join("merged/class.json")), results_without_time(&d.join("full/class.json")));
+    assert_eq!(csv_without_time(&d.join("merged/scoreboard.csv")), rows);
+    assert!(d.join("merged/students/alice/ddpm/grid.png").is_file());
+
+    // A missing shard is an error, not a silently partial scoreboard.
+    let m = grade(d).args(["merge", "s1", "s3", "--out", "partial"]).output().unwrap();
+    assert_eq!(m.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&m.stderr).contains("missing"));
+    // The same shard twice is refused.
+    let m = grade(d).args(["merge", "s1", "s1", "--out", "twice"]).output().unwrap();
+    assert_eq!(m.status.code(), Some(2));
+}
+
+/// A classifier whose logits add the result of an ONNX Loop of 10^12 iterations.
+fn endless_loop_model(p: &Path) {
+    use tract_onnx::pb::{self, tensor_proto::DataType, type_proto};
+    let scalar = |name: &str, dt: DataType| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: dt as i32, shape: Some(pb::TensorShapeProto { dim: vec![] }) })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = |op: &str, ins: &[&str], out: &str| pb::NodeProto {
+        op_type: op.into(),
+        input: ins.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        name: out.into(),
+        ..Default::default()
+    };
+    let one = pb::TensorProto { name: "one".into(), data_type: DataType::Float as i32, raw_data: 1f32.to_le_bytes().to_vec(), ..Default::default() };
+    let body = pb::GraphProto {
+        name: "body".into(),
+        node: vec![node("Identity", &["c_in"], "c_out"), node("Add", &["v_in", "one"], "v_out")],
+        initializer: vec![one],
+        input: vec![scalar("i", DataType::Int64), scalar("c_in", DataType::Bool), scalar("v_in", DataType::Float)],
+        output: vec![scalar("c_out", DataType::Bool), scalar("v_out", DataType::Float)],
+        ..Default::default()
+    };
+    let mut g = GraphBuilder::new("endless");
+    let x = classifier_input(&mut g);
+    g.const_i64("trips", &[], &[1_000_000_000_000]);
+    g.weight("v0", &[], &[0.0]);
+    let f = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
+    let w = g.weight("w", &[10, 2352], &vec![0.0; 23520]);
+    let y = g.node("Gemm", &[&f, &w], &[Attr::Int("transB", 1)]);
+    let y = g.node("Add", &[&y, "loop_v"], &[]);
+    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+    let mut m = g.build();
+    let mut lp = node("Loop", &["trips", "", "v0"], "loop_v");
+    lp.attribute.push(pb::AttributeProto { name: "body".into(), r#type: pb::attribute_proto::AttributeType::Graph as i32, g: Some(body), ..Default::default() });
+    m.graph.as_mut().unwrap().node.insert(0, lp);
+    writer::save(&m, p).unwrap();
+}
+
+#[test]
+fn check_gives_up_on_a_model_that_runs_too_long() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("slow.onnx");
+    endless_loop_model(&p);
+    common::ort_library();
+    let t = std::time::Instant::now();
+    let out = grade(tmp.path())
+        .args(["check", "--kind", "classifier", "--backend", "ort", "--timeout", "3s"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("slow.onnx") && stderr.contains("--timeout"), "{stderr}");
+    assert!(t.elapsed().as_secs_f64() < 15.0);
+}
