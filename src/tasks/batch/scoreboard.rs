@@ -110,9 +110,13 @@ const SCRIPT: &str = r#"
   }
   for(var i=0;i<heads.length;i++){(function(c){heads[c].addEventListener('click',function(){
     var dir=heads[c].className==='asc'?'desc':'asc'; location.hash='sort='+heads[c].getAttribute('data-col')+':'+dir;});})(i);}
-  function fromHash(){var m=/sort=([^:]+):(asc|desc)/.exec(decodeURIComponent(location.hash));if(!m)return;
+  function fromHash(){var m=/sort=(.+):(asc|desc)$/.exec(decodeURIComponent(location.hash));if(!m)return;
     for(var i=0;i<heads.length;i++){if(heads[i].getAttribute('data-col')===m[1]){sortBy(i,m[2]);}}}
   window.addEventListener('hashchange',fromHash); fromHash();
+  // How many embedded grids decoded: a check for the browser test, harmless elsewhere.
+  window.addEventListener('load',function(){var n=0,imgs=document.images;
+    for(var i=0;i<imgs.length;i++){if(imgs[i].complete&&imgs[i].naturalWidth>0)n++;}
+    document.body.setAttribute('data-images-ok',n+'/'+imgs.length);});
   document.body.setAttribute('data-ready','1');
 })();
 "#;
