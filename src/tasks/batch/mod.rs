@@ -250,7 +250,21 @@ pub fn run(args: &BatchArgs) -> Result<ClassReport> {
                         t.2 += resumed as usize;
                         pb.set_message(format!("{} not passed", t.1));
                         if !args.quiet && !resumed {
-                            pb.println(format!("{:<20} {:<7} {:>6.1}s  {}", r.id, status_word(r.status), r.seconds, grader_line(&r)));
+                            let line = format!(
+                                "[{}/{}] {:<16} {:<7} {:>6.1}s  {}",
+                                t.0,
+                                students.len(),
+                                r.id,
+                                status_word(r.status),
+                                r.seconds,
+                                grader_line(&r)
+                            );
+                            // A bar that is not drawn (stderr is a CI log, not a terminal) prints nothing.
+                            if pb.is_hidden() {
+                                println!("{line}");
+                            } else {
+                                pb.println(line);
+                            }
                         }
                         pb.inc(1);
                         results.lock().unwrap().push(r);
@@ -316,7 +330,14 @@ fn grader_line(r: &StudentResult) -> String {
         .iter()
         .map(|g| {
             let m: Vec<String> = g.metrics.iter().filter_map(|m| m.value.map(|v| format!("{} {v:.4}", m.name))).collect();
-            if m.is_empty() { format!("{}: {}", g.grader, g.status.label()) } else { format!("{}: {} ({})", g.grader, g.status.label(), m.join(", ")) }
+            match (&g.error, m.is_empty()) {
+                (Some(e), true) if g.status != GradeStatus::Missing => {
+                    let short: String = e.chars().take(100).collect();
+                    format!("{}: {} ({short}{})", g.grader, g.status.label(), if e.chars().count() > 100 { "..." } else { "" })
+                }
+                (_, true) => format!("{}: {}", g.grader, g.status.label()),
+                _ => format!("{}: {} ({})", g.grader, g.status.label(), m.join(", ")),
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")
