@@ -1,11 +1,13 @@
-//! One inference interface, two backends: tract (pure Rust, always available) and ONNX Runtime
-//! (loaded at run time from the library `scripts/install-onnxruntime.sh` installs, CPU or CUDA).
+//! One inference interface, two backends: tract (pure Rust, always available; on CUDA with the cargo
+//! feature `tract-cuda`) and ONNX Runtime (loaded at run time from the library
+//! `scripts/install-onnxruntime.sh` installs, CPU or CUDA).
 
 use anyhow::{bail, Result};
 use serde::Serialize;
 
 use crate::onnx::ModelFile;
 
+pub mod cuda_libs;
 pub mod ort_backend;
 pub mod tract_backend;
 
@@ -106,13 +108,24 @@ pub trait Engine: Send {
     fn info(&self) -> &EngineInfo;
 }
 
-/// Opens `model` with the backend the options ask for.
-pub fn open(model: &ModelFile, opts: &RuntimeOptions) -> Result<Box<dyn Engine>> {
-    let backend = match (opts.backend, opts.device) {
-        (BackendChoice::Tract, Device::Cuda) => {
-            bail!("--device cuda needs ONNX Runtime; tract runs on the CPU only (use --backend ort or auto)")
+/// Whether this `grade` was built with tract's CUDA backend (cargo feature `tract-cuda`).
+pub const TRACT_CUDA_BUILT: bool = cfg!(feature = "tract-cuda");
+
+/// What to run to get tract's CUDA backend into a build that lacks it.
+pub const TRACT_CUDA_BUILD_HINT: &str =
+    "rebuild with `cargo build --release --features tract-cuda` (or `cargo install --locked --path . --features tract-cuda`)";
+
+/// The backend `open` uses for these options: `auto` is ONNX Runtime when its library is found; on
+/// `--device cuda` without it, tract when this build has tract's CUDA backend.
+pub fn resolve_backend(opts: &RuntimeOptions) -> BackendChoice {
+    match (opts.backend, opts.device) {
+        (BackendChoice::Auto, Device::Cuda) => {
+            if ort_backend::find_library().is_none() && TRACT_CUDA_BUILT {
+                BackendChoice::Tract
+            } else {
+                BackendChoice::Ort
+            }
         }
-        (BackendChoice::Auto, Device::Cuda) => BackendChoice::Ort,
         (BackendChoice::Auto, Device::Cpu) => {
             if ort_backend::find_library().is_some() {
                 BackendChoice::Ort
@@ -121,10 +134,14 @@ pub fn open(model: &ModelFile, opts: &RuntimeOptions) -> Result<Box<dyn Engine>>
             }
         }
         (b, _) => b,
-    };
-    match backend {
+    }
+}
+
+/// Opens `model` with the backend the options ask for.
+pub fn open(model: &ModelFile, opts: &RuntimeOptions) -> Result<Box<dyn Engine>> {
+    match resolve_backend(opts) {
         BackendChoice::Ort => Ok(Box::new(ort_backend::OrtEngine::open(model, opts)?)),
-        _ => Ok(Box::new(tract_backend::TractEngine::open(model, opts.threads)?)),
+        _ => Ok(Box::new(tract_backend::TractEngine::open_on(model, opts.threads, opts.device)?)),
     }
 }
 

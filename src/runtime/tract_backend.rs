@@ -2,6 +2,10 @@
 //! shapes, so one plan is kept per distinct set of input shapes (in practice: the full batch and the
 //! last, shorter one). tract runs a plan on one core; a batch is split into one slice per core, run
 //! side by side (graders already batch arbitrarily, so items never depend on their batch mates).
+//!
+//! On `--device cuda` (cargo feature `tract-cuda`) the plans are prepared by tract's CUDA runtime
+//! (`tract-cuda`: cuDNN convolutions, cuBLAS matrix products, NVRTC-compiled kernels, weights uploaded
+//! once per plan); a batch then runs whole, on one stream.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use tract_onnx::prelude::*;
 use super::{check_inputs, Device, Engine, EngineInfo, Input, InputData, Output};
 use crate::onnx::ModelFile;
 
-type Plan = Arc<TypedRunnableModel>;
+type Plan = Arc<dyn Runnable>;
 
 thread_local! {
     static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -36,6 +40,26 @@ fn catch_quietly<R>(f: impl FnOnce() -> R) -> Option<R> {
     r
 }
 
+/// Like `catch_quietly`, keeping the panic's message (tract-cuda reports a failed CUDA context
+/// creation or kernel compilation by panicking with the reason).
+#[cfg_attr(not(feature = "tract-cuda"), allow(dead_code))]
+fn catch_with_message<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    let mut msg = String::new();
+    let r = catch_quietly(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    match r {
+        Some(Ok(v)) => return Ok(v),
+        Some(Err(payload)) => {
+            if let Some(s) = payload.downcast_ref::<&str>() {
+                msg = s.to_string();
+            } else if let Some(s) = payload.downcast_ref::<String>() {
+                msg = s.clone();
+            }
+        }
+        None => {}
+    }
+    Err(if msg.is_empty() { "panicked".into() } else { msg })
+}
+
 pub struct TractEngine {
     model: InferenceModel,
     input_names: Vec<String>,
@@ -44,6 +68,7 @@ pub struct TractEngine {
     info: EngineInfo,
     path: String,
     threads: usize,
+    device: Device,
 }
 
 /// Operators tract parsed but cannot run, as `name (Op)`.
@@ -57,8 +82,18 @@ pub fn unsupported_ops(model: &InferenceModel) -> Vec<String> {
 }
 
 impl TractEngine {
-    /// `threads`: how many batch slices run at once (`None`: all cores).
+    /// `threads`: how many batch slices run at once (`None`: all cores). CPU.
     pub fn open(file: &ModelFile, threads: Option<usize>) -> Result<Self> {
+        Self::open_on(file, threads, Device::Cpu)
+    }
+
+    /// `open` on `device`: CUDA needs a build with the cargo feature `tract-cuda`, an NVIDIA driver for
+    /// CUDA 13 and the CUDA runtime, NVRTC, cuBLAS and cuDNN 9 libraries (checked here, before the model
+    /// is read, so that what is missing is named).
+    pub fn open_on(file: &ModelFile, threads: Option<usize>, device: Device) -> Result<Self> {
+        if device == Device::Cuda {
+            cuda::ensure_available()?;
+        }
         let path = file.path.display().to_string();
         // A hostile file must not take the grader down: a panic inside tract becomes an error.
         let model = catch_quietly(|| tract_onnx::onnx().model_for_proto_model(&file.proto))
@@ -85,9 +120,20 @@ impl TractEngine {
             input_names,
             output_names,
             plans: HashMap::new(),
-            info: EngineInfo { backend: "tract", device: Device::Cpu, version: "0.23.9".into(), library: None },
+            info: EngineInfo {
+                backend: "tract",
+                device,
+                version: "0.23.9".into(),
+                library: (device == Device::Cuda).then(|| "tract-cuda 0.23.9".to_string()),
+            },
             path,
-            threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1),
+            // On CUDA a batch runs whole: the GPU is the parallelism.
+            threads: if device == Device::Cuda {
+                1
+            } else {
+                threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1)
+            },
+            device,
         })
     }
 
@@ -104,9 +150,15 @@ impl TractEngine {
             };
             m.set_input_fact(ix, InferenceFact::dt_shape(dt, shapes[ix].clone()))?;
         }
-        let plan = catch_quietly(|| m.into_optimized().and_then(|m| m.into_runnable()))
-            .ok_or_else(|| anyhow!("tract crashed preparing {} for input shapes {shapes:?}; the model is malformed", self.path))?
-            .map_err(|e| anyhow!("tract cannot prepare {} for input shapes {shapes:?}: {e:#}", self.path))?;
+        let plan: Plan = match self.device {
+            Device::Cpu => {
+                let p = catch_quietly(|| m.into_optimized().and_then(|m| m.into_runnable()))
+                    .ok_or_else(|| anyhow!("tract crashed preparing {} for input shapes {shapes:?}; the model is malformed", self.path))?
+                    .map_err(|e| anyhow!("tract cannot prepare {} for input shapes {shapes:?}: {e:#}", self.path))?;
+                Arc::new(p)
+            }
+            Device::Cuda => cuda::prepare(m).map_err(|e| anyhow!("tract-cuda cannot prepare {} for input shapes {shapes:?}: {e:#}", self.path))?,
+        };
         // Keep the cache small: a grader uses two or three shapes; anything else is a caller bug.
         if self.plans.len() > 8 {
             self.plans.clear();
@@ -198,5 +250,75 @@ impl Engine for TractEngine {
 
     fn info(&self) -> &EngineInfo {
         &self.info
+    }
+}
+
+/// tract's CUDA runtime (cargo feature `tract-cuda`).
+#[cfg(feature = "tract-cuda")]
+mod cuda {
+    // Linked for its runtime registration (`inventory`): without a use of the crate, the linker may drop it
+    // and `runtime_for_name("cuda")` would find nothing.
+    extern crate tract_cuda;
+
+    use super::*;
+    use crate::runtime::cuda_libs;
+
+    /// The NVIDIA driver and the CUDA libraries (our own probe names them with their pip packages, and loads
+    /// those found in `GRADEKIT_CUDA_LIBS` or a pip install's `nvidia/*/lib`), then tract-cuda's own check
+    /// (driver API version, each library cudarc opens).
+    pub fn ensure_available() -> Result<()> {
+        if !cuda_libs::driver_present() {
+            bail!(
+                "--device cuda: the NVIDIA driver's {} cannot be loaded: this machine has no usable NVIDIA GPU driver \
+                 (tract-cuda needs a CUDA 13 driver, R580 or newer; in a container, run it with the GPU passed through). Use --device cpu",
+                cuda_libs::DRIVER
+            );
+        }
+        let extra = cuda_libs::extra_dirs(crate::runtime::ort_backend::find_library().as_deref());
+        cuda_libs::check(cuda_libs::TRACT_CUDA_LIBS, &extra).map_err(|e| {
+            anyhow!(
+                "--device cuda: tract-cuda needs CUDA 13 and cuDNN 9 libraries: {e}; \
+                 `pip install nvidia-cuda-runtime nvidia-cuda-nvrtc nvidia-cublas nvidia-cudnn-cu13` (a CUDA 13 PyTorch wheel brings them too)"
+            )
+        })?;
+        runtime().map(|_| ())
+    }
+
+    fn runtime() -> Result<&'static dyn Runtime> {
+        let _ = tract_cuda::utils::ensure_cuda_runtime_dependencies; // keeps the crate linked
+        match catch_with_message(|| tract_onnx::tract_core::runtime::runtime_for_name("cuda")) {
+            Ok(Ok(Some(rt))) => Ok(rt),
+            Ok(Ok(None)) => bail!("tract-cuda's runtime is not registered in this build (a linking problem: please report it)"),
+            Ok(Err(e)) => bail!("--device cuda: tract-cuda cannot use this machine's CUDA: {e:#}"),
+            Err(panic) => bail!("--device cuda: tract-cuda failed while checking CUDA: {panic}"),
+        }
+    }
+
+    /// Types and declutters the model, then lets tract-cuda translate and plan it (weights go to the GPU here).
+    pub fn prepare(m: InferenceModel) -> Result<Plan> {
+        let rt = runtime()?;
+        let typed = catch_quietly(|| m.into_typed().and_then(|t| t.into_decluttered()))
+            .ok_or_else(|| anyhow!("tract crashed typing the model; it is malformed"))??;
+        match catch_with_message(|| rt.prepare(typed)) {
+            Ok(Ok(r)) => Ok(Arc::from(r)),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => bail!("tract-cuda failed (CUDA context, kernel compilation or upload): {panic}"),
+        }
+    }
+}
+
+#[cfg(not(feature = "tract-cuda"))]
+mod cuda {
+    use super::*;
+
+    pub fn ensure_available() -> Result<()> {
+        bail!(
+            "--backend tract --device cuda: this grade was built without tract's CUDA backend; {}. Or use --backend ort with ONNX Runtime's CUDA build, or --device cpu",
+            crate::runtime::TRACT_CUDA_BUILD_HINT
+        )
+    }
+
+    pub fn prepare(_: InferenceModel) -> Result<Plan> {
+        ensure_available().map(|_| unreachable!())
     }
 }

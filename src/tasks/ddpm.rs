@@ -142,10 +142,23 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let clip = args.clip.unwrap_or(sampler != SamplerArg::Ddpm && s.get("clip_x0").and_then(|v| v.as_bool()).unwrap_or(true));
     let steps_arg = args.steps.clone().unwrap_or_else(|| s.get("steps").and_then(|v| v.as_str()).unwrap_or("auto").to_string());
     let seed = args.seed.unwrap_or(s.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64);
-    let batch = if opts.batch > 0 { opts.batch } else { s.get("batch").and_then(|v| v.as_integer()).unwrap_or(100) as usize };
+    let on_gpu = opts.runtime.device == runtime::Device::Cuda;
+    // On a GPU the default batch is a whole class (100 digits, 200 rows with guidance): larger calls keep it busy.
+    let batch = if opts.batch > 0 {
+        opts.batch
+    } else if on_gpu {
+        s.get("batch_cuda").and_then(|v| v.as_integer()).map(|v| v.max(1) as usize).unwrap_or(per_class)
+    } else {
+        s.get("batch").and_then(|v| v.as_integer()).unwrap_or(100) as usize
+    };
 
     let (mut noise, schedule) = NoiseEngine::open(&model_path, opts)?;
-    noise.call_rows = s.get("call_rows").and_then(|v| v.as_integer()).unwrap_or(20).max(1) as usize;
+    // The row cap per call is a CPU cache effect (graders/ddpm.toml); on a GPU a batch goes in one call.
+    noise.call_rows = if on_gpu {
+        s.get("call_rows_cuda").and_then(|v| v.as_integer()).map(|v| v.max(1) as usize).unwrap_or(usize::MAX)
+    } else {
+        s.get("call_rows").and_then(|v| v.as_integer()).unwrap_or(20).max(1) as usize
+    };
     let guidance = match args.guidance {
         Some(g) => g,
         None => noise.contract().meta_f64("guidance_scale")?,
