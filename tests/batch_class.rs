@@ -270,3 +270,67 @@ fn check_gives_up_on_a_model_that_runs_too_long() {
     assert!(stderr.contains("slow.onnx") && stderr.contains("--timeout"), "{stderr}");
     assert!(t.elapsed().as_secs_f64() < 15.0);
 }
+
+#[test]
+fn gan_submissions_share_one_reference_computation_and_match_a_single_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let inception = d.join("inception-random.onnx");
+    let m = gradekit::nn::inception::to_onnx(&mut gradekit::nn::weights::SeededInit::new(3)).unwrap();
+    writer::save(&m, &inception).unwrap();
+    common::blob_images(&d.join("data/face/val"), 24, 5);
+    let spec = d.join("gan-small.toml");
+    let text = std::fs::read_to_string(common::root().join("graders/gan.toml")).unwrap().replace("images = 1000", "images = 20");
+    std::fs::write(&spec, text).unwrap();
+    for s in ["amy", "bo"] {
+        std::fs::create_dir_all(d.join("class").join(s)).unwrap();
+        std::fs::copy(fixture("models/dcgan-w8.onnx"), d.join("class").join(s).join("gan.onnx")).unwrap();
+    }
+    let out = grade(d)
+        .args(["batch", "class", "--out", "b", "--data", "data", "--grader-arg", "all=--backend=tract"])
+        .arg("--grader-arg")
+        .arg(format!("gan=--spec={}", spec.display()))
+        .arg("--inception")
+        .arg(&inception)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(0) | Some(1)), "{stderr}");
+    assert!(stderr.contains("computing the reference faces' Inception features once"), "{stderr}");
+    assert!(d.join("b/cache/gan-reference.npz").is_file());
+    // Each run read the cached statistics and features: FID with its interval, and KID.
+    let single = grade(d)
+        .args(["gan", "--model"])
+        .arg(fixture("models/dcgan-w8.onnx"))
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--inception")
+        .arg(&inception)
+        .args(["--backend", "tract", "--reference", "data/face/val", "--out", "single"])
+        .output()
+        .unwrap();
+    assert!(matches!(single.status.code(), Some(0) | Some(1)), "{}", String::from_utf8_lossy(&single.stderr));
+    let want = read_json(&d.join("single/report.json"));
+    let metric = |r: &serde_json::Value, name: &str| r["metrics"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap().clone();
+    for s in ["amy", "bo"] {
+        let r = read_json(&d.join(format!("b/students/{s}/gan/report.json")));
+        assert!(r["inputs"]["reference"].as_str().unwrap().ends_with("gan-reference.npz"), "{}", r["inputs"]);
+        for name in ["fid", "kid"] {
+            let (a, b) = (metric(&r, name)["value"].as_f64().unwrap(), metric(&want, name)["value"].as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{s} {name}: {a} vs {b} from the folder");
+        }
+        let fid = metric(&r, "fid");
+        assert!(fid["interval"]["lo"].as_f64().unwrap() <= fid["value"].as_f64().unwrap());
+        assert!(fid["interval"]["hi"].as_f64().unwrap() >= fid["value"].as_f64().unwrap());
+    }
+    // A second batch into the same folder reuses the cache.
+    let again = grade(d)
+        .args(["batch", "class", "--out", "b", "--force", "--data", "data", "--grader-arg", "all=--backend=tract"])
+        .arg("--grader-arg")
+        .arg(format!("gan=--spec={}", spec.display()))
+        .arg("--inception")
+        .arg(&inception)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("computing the reference"), "the cache was not reused");
+}
