@@ -259,14 +259,17 @@ fn ort_backend_reports_missing_library_clearly() {
     assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ORT_DYLIB_PATH") && text.contains("nope.so"), "{text}");
-    // CUDA cannot be used through tract: a clear refusal, not a silent CPU run.
+    // tract on CUDA needs the tract-cuda build: a clear refusal naming it, not a silent CPU run.
     let out = grade(tmp.path())
         .args(["check", "--kind", "classifier", "--backend", "tract", "--device", "cuda"])
         .arg(fixture("models/lenet-random.onnx"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--device cuda needs ONNX Runtime"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if cfg!(not(feature = "tract-cuda")) {
+        assert!(text.contains("--features tract-cuda"), "{text}");
+    }
 }
 
 #[test]
