@@ -318,6 +318,7 @@ fn main() -> Result<()> {
                     .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/bench_torch.py"))
                     .arg(dir.path())
                     .args([&rows, &args.seconds.to_string(), &devices, contract.meta("width").unwrap_or("64")])
+                    .args(args.cpu_rows.iter().map(|r| r.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")))
                     .output()
                     .with_context(|| format!("running {}", py.display()))?;
                 if !out.status.success() {

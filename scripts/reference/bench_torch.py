@@ -1,7 +1,8 @@
 """PyTorch eager speed of the seed Diffusion_UNet_Small (scripts/reference/seed_models.py) on the weights
 of the ONNX file examples/bench.rs benchmarks, for that example.
 
-usage: python bench_torch.py DIR ROWS[,ROWS...] SECONDS DEVICES WIDTH
+usage: python bench_torch.py DIR ROWS[,ROWS...] SECONDS DEVICES WIDTH [CPU_ROWS[,...]]
+(CPU_ROWS: the rows per call on the CPU, default ROWS.)
 DIR holds what bench.rs wrote: weights.json + weights.bin (the ONNX float initializers: name -> shape,
 offset, little-endian f32) and x.bin + tl.json (one call's inputs). The initializers map onto PyTorch's
 state_dict as gradekit's exporter wrote them: GroupNorm affine [C,1,1] -> [C]; `NAME.T` is the
@@ -59,6 +60,7 @@ def main():
     seconds = float(sys.argv[3])
     devices = sys.argv[4].split(",")
     width = int(sys.argv[5])
+    cpu_rows = [int(r) for r in sys.argv[6].split(",")] if len(sys.argv) > 6 else rows_list
     net = DiffusionUNetSmall(w=width).eval()
     load_state(d, net)
     tl = json.loads((d / "tl.json").read_text())
@@ -72,7 +74,8 @@ def main():
         with torch.inference_mode():
             eps = m(px.to(dev), pt.to(dev), pl.to(dev)).float().cpu().numpy()
             eps.astype("<f4").tofile(d / f"eps_{dev}.bin")
-            for rows in rows_list:
+            dev_rows = cpu_rows if dev == "cpu" else rows_list
+            for rows in dev_rows:
                 x = torch.from_numpy(np.sin(np.arange(rows * 3 * 28 * 28, dtype=np.float32) * np.float32(0.618))).reshape(rows, 3, 28, 28).to(dev)
                 t = torch.full((rows,), 500, device=dev)
                 y = (torch.arange(rows) % 11).to(dev)
@@ -87,7 +90,7 @@ def main():
                     torch.cuda.synchronize()
                 eps_s = rows * n / (time.time() - t0)
                 print(json.dumps({"device": dev, "rows": rows, "evaluations_per_second": eps_s, "torch": torch.__version__,
-                                  "parity_file": f"eps_{dev}.bin" if rows == rows_list[0] else None}), flush=True)
+                                  "parity_file": f"eps_{dev}.bin" if rows == dev_rows[0] else None}), flush=True)
 
 
 if __name__ == "__main__":
