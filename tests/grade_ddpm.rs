@@ -314,3 +314,37 @@ fn process_png_has_a_labelled_column_per_timestep() {
     let header_lit = (0..p.width()).flat_map(|x| (0..p.height() - body).map(move |y| (x, y))).filter(|&(x, y)| p.get_pixel(x, y)[0] == 230).count();
     assert!(header_lit > 8 * 10, "the header strip has no labels ({header_lit} lit pixels)");
 }
+
+#[test]
+fn batches_spanning_digits_give_the_same_digits_and_process_figure() {
+    // A GPU run samples several digits per batch (--batch above a digit's image count); every image's
+    // noise is keyed by its number, so the files must not depend on how the images were batched.
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = small_spec(tmp.path(), 3);
+    let run = |batch: &str, out: &str| {
+        ddpm(tmp.path())
+            .arg("--model")
+            .arg(fixture("models/noise-conv.onnx"))
+            .arg("--spec")
+            .arg(&spec)
+            .args(["--backend", "tract", "--sampler", "ddim", "--eta", "1", "--steps", "5", "--seed", "3", "--batch", batch, "--out", out])
+            .assert()
+            .code(predicates::function::function(|c: &i32| *c == 0 || *c == 1));
+        let root = tmp.path().join(out);
+        let dir = root.join("images");
+        let names = png_names(&dir);
+        let bytes: Vec<Vec<u8>> = names.iter().map(|n| std::fs::read(dir.join(n)).unwrap()).collect();
+        let report = read_json(&root.join("report.json"));
+        (names, bytes, std::fs::read(root.join("process.png")).unwrap(), report)
+    };
+    let within = run("2", "within"); // 2 + 1 images per digit, one digit per batch (the CPU path)
+    for (batch, out) in [("7", "spanning"), ("30", "all")] {
+        let other = run(batch, out);
+        assert_eq!(other.0, within.0, "--batch {batch}: file names");
+        assert_eq!(other.0.len(), 30);
+        assert!(other.1 == within.1, "--batch {batch}: different PNG bytes than one digit per batch");
+        assert!(other.2 == within.2, "--batch {batch}: different process.png");
+        assert_eq!(other.3["counts"]["noise_model_evaluations"], within.3["counts"]["noise_model_evaluations"]);
+    }
+}

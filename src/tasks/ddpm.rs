@@ -186,8 +186,15 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     partial.metric("accuracy", None);
     let _hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
     let total_images = per_class * classes;
-    let batches_per_class = per_class.div_ceil(batch);
-    let n_batches = classes * batches_per_class;
+    // Sampling batches as [first, end) ranges of image numbers (digit = number / per_class): within a digit
+    // when the batch is at most a digit's images (the CPU default), else spanning digits (a GPU's larger
+    // calls: --batch 1000 samples every digit at once).
+    let chunks: Vec<(usize, usize)> = if batch <= per_class {
+        (0..classes).flat_map(|d| (0..per_class).step_by(batch.max(1)).map(move |f| (d * per_class + f, d * per_class + (f + batch).min(per_class)))).collect()
+    } else {
+        (0..total_images).step_by(batch).map(|g| (g, (g + batch).min(total_images))).collect()
+    };
+    let n_batches = chunks.len();
     let chw = 3 * size * size;
     let kind = match sampler {
         SamplerArg::Ddpm => SamplerKind::Ddpm,
@@ -197,7 +204,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     // Warm-up on the real batch shape (guidance doubles it): one call builds the runtime's plan, then
     // several timed calls give the per-call cost the whole run is planned with.
     let per_call = {
-        let n = batch.min(per_class);
+        let n = chunks.first().map(|&(a, b)| b - a).unwrap_or(1);
         let labels = vec![0i64; n];
         let cfg = SampleConfig {
             kind: SamplerKind::Ddim { eta: 0.0 },
@@ -267,89 +274,94 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         let t_gen = Instant::now();
         let mut stopped = false;
         let mut batch_no = 0;
-        for d in 0..classes {
-            for b in 0..batches_per_class {
-                let first = b * batch;
-                let n = batch.min(per_class - first);
-                let labels = vec![d as i64; n];
-                let cfg = SampleConfig {
-                    kind,
-                    steps: visited.len(),
-                    guidance,
-                    null_label,
-                    clip_x0: clip,
-                    seed,
-                    first_image: (d * per_class + first) as u64,
-                };
-                let mut frames: Vec<RgbImage> = vec![];
-                let mut frame_t: Vec<usize> = vec![];
-                let keep_process = b == 0;
-                let t_batch = Instant::now();
-                let mut observer = |ev: diffusion::StepEvent<'_>| -> Result<Control> {
-                    if keep_process {
-                        // The state before the first step is t = 1000 (pure noise).
-                        if ev.step == 0 && wanted.contains(&(t_total - 1)) {
-                            frames.push(pictures::chw_to_rgb(&ev.x_t[..chw], size as u32, size as u32, diffusion::to_u8));
-                            frame_t.push(ev.t + 1);
+        for &(g0, g1) in &chunks {
+            let n = g1 - g0;
+            // Image g is digit g / per_class, number g % per_class + 1; its noise stream is keyed by g, so a
+            // digit comes out the same whatever batch it was sampled in.
+            let labels: Vec<i64> = (g0..g1).map(|g| (g / per_class) as i64).collect();
+            let cfg = SampleConfig {
+                kind,
+                steps: visited.len(),
+                guidance,
+                null_label,
+                clip_x0: clip,
+                seed,
+                first_image: g0 as u64,
+            };
+            // The process figure follows the first image of each digit: offsets of those in this batch.
+            let firsts: Vec<usize> = (g0..g1).filter(|g| g % per_class == 0).map(|g| g - g0).collect();
+            let mut frames: Vec<Vec<RgbImage>> = vec![vec![]; firsts.len()];
+            let mut frame_t: Vec<usize> = vec![];
+            let t_batch = Instant::now();
+            let mut observer = |ev: diffusion::StepEvent<'_>| -> Result<Control> {
+                let rgb = |x: &[f32], off: usize| pictures::chw_to_rgb(&x[off * chw..(off + 1) * chw], size as u32, size as u32, diffusion::to_u8);
+                if !firsts.is_empty() {
+                    // The state before the first step is t = 1000 (pure noise).
+                    if ev.step == 0 && wanted.contains(&(t_total - 1)) {
+                        for (f, &off) in frames.iter_mut().zip(&firsts) {
+                            f.push(rgb(ev.x_t, off));
                         }
-                        for &w in &wanted {
-                            if w < t_total - 1 && ev.t > w && ev.t_next <= w {
-                                frames.push(pictures::chw_to_rgb(&ev.x_next[..chw], size as u32, size as u32, diffusion::to_u8));
-                                frame_t.push(ev.t_next + 1);
+                        frame_t.push(ev.t + 1);
+                    }
+                    for &w in &wanted {
+                        if w < t_total - 1 && ev.t > w && ev.t_next <= w {
+                            for (f, &off) in frames.iter_mut().zip(&firsts) {
+                                f.push(rgb(ev.x_next, off));
                             }
+                            frame_t.push(ev.t_next + 1);
                         }
                     }
-                    pb.inc(n as u64);
-                    Ok(if deadline.exceeded() { Control::Stop } else { Control::Continue })
-                };
-                let outcome = diffusion::sample(&mut noise, &schedule, &cfg, &labels, [3, size, size], &mut observer)?;
-                if keep_process {
-                    process_rows.push(frames);
-                    process_t = frame_t;
                 }
-                match outcome {
-                    SampleOutcome::Finished(x) => {
-                        for (i, img) in x.chunks(chw).enumerate() {
-                            let rgb = pictures::chw_to_rgb(img, size as u32, size as u32, diffusion::to_u8);
-                            generated.push((format!("{d}_{:03}.png", first + i + 1), d as u8, rgb));
-                        }
-                    }
-                    SampleOutcome::Stopped { steps_done, .. } => {
-                        stopped = true;
-                        report.notes.push(format!(
-                            "stopped at the {:.0} s budget during digit {d} after {steps_done} of {} steps; {} of {total_images} images were finished",
-                            deadline.budget().as_secs_f64(),
-                            visited.len(),
-                            generated.len()
-                        ));
-                        break;
+                pb.inc(n as u64);
+                Ok(if deadline.exceeded() { Control::Stop } else { Control::Continue })
+            };
+            let outcome = diffusion::sample(&mut noise, &schedule, &cfg, &labels, [3, size, size], &mut observer)?;
+            if !firsts.is_empty() {
+                process_rows.extend(frames);
+                process_t = frame_t;
+            }
+            match outcome {
+                SampleOutcome::Finished(x) => {
+                    for (i, img) in x.chunks(chw).enumerate() {
+                        let (d, k) = ((g0 + i) / per_class, (g0 + i) % per_class);
+                        let rgb = pictures::chw_to_rgb(img, size as u32, size as u32, diffusion::to_u8);
+                        generated.push((format!("{d}_{:03}.png", k + 1), d as u8, rgb));
                     }
                 }
-                batch_no += 1;
-                if auto && batch_no == 1 && n_batches > 1 && replans.is_empty() {
-                    let per_batch = t_batch.elapsed();
-                    let left_now = deadline.remaining();
-                    let rest = per_batch.mul_f64((n_batches - 1) as f64);
-                    let measured_call = per_batch / visited.len() as u32;
-                    let better = fitting(measured_call, left_now.mul_f64(AIM));
-                    let overrun = rest > left_now.mul_f64(REPLAN_OVER);
-                    let unused = rest < left_now.mul_f64(REPLAN_UNDER) && better > steps + steps / 10;
-                    if (overrun || unused) && better >= 1 && better != steps {
-                        replans.push(serde_json::json!({
-                            "after_batch_seconds": per_batch.as_secs_f64(),
-                            "steps_before": steps,
-                            "steps_after": better,
-                            "why": if overrun { "the rest would overrun the budget" } else { "the rest would leave much of the budget unused" },
-                            "warmup_seconds_per_call": per_call.as_secs_f64(),
-                            "measured_seconds_per_call": measured_call.as_secs_f64(),
-                        }));
-                        steps = better;
-                        continue 'attempt;
-                    }
+                SampleOutcome::Stopped { steps_done, .. } => {
+                    stopped = true;
+                    let (d0, d1) = (g0 / per_class, (g1 - 1) / per_class);
+                    let digits = if d0 == d1 { format!("digit {d0}") } else { format!("digits {d0}-{d1}") };
+                    report.notes.push(format!(
+                        "stopped at the {:.0} s budget during {digits} after {steps_done} of {} steps; {} of {total_images} images were finished",
+                        deadline.budget().as_secs_f64(),
+                        visited.len(),
+                        generated.len()
+                    ));
+                    break;
                 }
             }
-            if stopped {
-                break;
+            batch_no += 1;
+            if auto && batch_no == 1 && n_batches > 1 && replans.is_empty() {
+                let per_batch = t_batch.elapsed();
+                let left_now = deadline.remaining();
+                let rest = per_batch.mul_f64((n_batches - 1) as f64);
+                let measured_call = per_batch / visited.len() as u32;
+                let better = fitting(measured_call, left_now.mul_f64(AIM));
+                let overrun = rest > left_now.mul_f64(REPLAN_OVER);
+                let unused = rest < left_now.mul_f64(REPLAN_UNDER) && better > steps + steps / 10;
+                if (overrun || unused) && better >= 1 && better != steps {
+                    replans.push(serde_json::json!({
+                        "after_batch_seconds": per_batch.as_secs_f64(),
+                        "steps_before": steps,
+                        "steps_after": better,
+                        "why": if overrun { "the rest would overrun the budget" } else { "the rest would leave much of the budget unused" },
+                        "warmup_seconds_per_call": per_call.as_secs_f64(),
+                        "measured_seconds_per_call": measured_call.as_secs_f64(),
+                    }));
+                    steps = better;
+                    continue 'attempt;
+                }
             }
         }
         break (generated, process_rows, process_t, visited, stopped, t_gen.elapsed().as_secs_f64());
