@@ -61,3 +61,15 @@ pub fn to_onnx(weights: &mut dyn super::weights::Weights) -> Result<tract_onnx::
     og.g.metadata("input_std", "0.5,0.5,0.5");
     Ok(og.g.build())
 }
+
+/// The feature extractor alone (`image` -> `features` [N, 800]), for pictures of the feature space
+/// (t-SNE by class and by domain, `examples/dann_tsne.rs`); same weights and normalisation as `to_onnx`.
+pub fn features_to_onnx(weights: &mut dyn super::weights::Weights) -> Result<tract_onnx::pb::ModelProto> {
+    use crate::onnx::writer::{Dim, Elem};
+    let mut og = super::onnx_graph::OnnxGraph::new("dann-features", weights);
+    let n = Dim::Symbol("N");
+    let x = og.g.input("image", Elem::F32, &[n.clone(), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)]);
+    let f = features(&mut og, &x)?;
+    og.g.output("features", &f, Elem::F32, &[n, Dim::Fixed(FEATURES)]);
+    Ok(og.g.build())
+}
