@@ -76,9 +76,9 @@ pub enum Command {
         /// Source -> target pair.
         #[arg(long, value_enum)]
         pair: Pair,
-        /// The model (image -> logits), see graders/CONTRACT.md.
+        /// The model (image -> logits), see graders/CONTRACT.md (default: the bundled DANN of the pair, models/README.md).
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
         /// Target digit folder (data/*.png + train.csv/val.csv); default from the grader spec.
         #[arg(long)]
         data: Option<PathBuf>,
