@@ -16,7 +16,12 @@
 #           --device cuda, then `bench` (every backend and device side by side, PyTorch eager on the
 #           same weights), then the comparisons of every run with the CPU references and with each other.
 # Each call brings back in $OUT: log.txt, summary.txt (one line per run: exit code, seconds, metrics,
-# comparison) and results-STAGE.tar.gz (reports, CSVs, grids and the images of each run).
+# comparison), results-STAGE.tar.gz (reports, CSVs, grids and the images of each run, rewritten after
+# every run so a call cut short still returns what finished) and, with the ort stage, bench.txt/json.
+# Device time, estimated: machine start 1-2 min, the tract stage 3-5 min, gan 1-2 min, each call that
+# only carries chunks seconds plus its transfer, the ort stage 5-8 min (the TF32 run only if the stage
+# is under TF32_IF_UNDER_S=380 s by then). If a session cannot afford every call, pack with WITH_ORT=0
+# (tract-cuda only) or WITH_GAN=0.
 #
 # Dry run on a CPU machine (what pack-grading.sh DRY_RUN=1 packed, same steps with --device cpu and small
 # sizes): DRY_RUN=1 bash scripts/gpu/grade-session.sh   (ONLY_CALLS="1 2" pretends only those arrived).
@@ -31,6 +36,9 @@ else
 fi
 OUT=${OUT:-/tmp/gpu-grade-out}
 DDIM_BUDGET=${DDIM_BUDGET:-120s}
+# DDPM 1000 steps: digits per batch (500: 1000 rows per UNet call with guidance; above 100 the batches
+# span digits, with the same digits as one digit per batch).
+if [ "$DRY" = 1 ]; then DDPM_BATCH=${DDPM_BATCH:-20}; else DDPM_BATCH=${DDPM_BATCH:-500}; fi
 mkdir -p "$OUT"
 W=$G/work
 mkdir -p "$W/done" "$W/runs"
@@ -126,16 +134,27 @@ run() {
   local rc=${PIPESTATUS[0]}
   local secs; secs=$(awk "BEGIN {printf \"%.1f\", ($(date +%s%N) - $t0) / 1e9}")
   echo "$name exit=$rc wall=${secs}s $(python3 scripts/gpu/compare.py brief "$dir" 2>/dev/null)" | tee -a "$SUMMARY"
+  # What has run so far comes back even if a later run outlasts the call.
+  [ -n "${STAGE:-}" ] && pack_results
+}
+pack_results() {  # the runs of the current stage into $OUT/results-STAGE.tar.gz
+  # shellcheck disable=SC2046,SC2086 # run names have no spaces; the glob is meant
+  tar -czf "$OUT/results-$STAGE.tar.gz" -C "$W/runs" $(cd "$W/runs" && ls -d $STAGE_RUNS 2>/dev/null) 2>/dev/null
 }
 compare() {  # compare NAME RUN_A RUN_B
   echo "$1: $(python3 scripts/gpu/compare.py pair "$2" "$3" 2>&1)" | tee -a "$SUMMARY"
 }
 
 stage_done() { [ -f "$W/done/stage-$1" ]; }
-finish_stage() {  # finish_stage STAGE RUN_GLOB: marks it done, packs its runs into $OUT
-  touch "$W/done/stage-$1"
-  # shellcheck disable=SC2046,SC2086 # run names have no spaces; the glob is meant
-  tar -czf "$OUT/results-$1.tar.gz" -C "$W/runs" $(cd "$W/runs" && ls -d $2 2>/dev/null) 2>/dev/null
+begin_stage() {  # begin_stage STAGE RUN_GLOB
+  STAGE=$1 STAGE_RUNS=$2 STAGE_T0=$SECONDS
+  echo "== stage $STAGE ($DEVICE)"
+}
+finish_stage() {
+  pack_results
+  touch "$W/done/stage-$STAGE"
+  echo "== stage $STAGE took $((SECONDS - STAGE_T0)) s"
+  STAGE=
 }
 
 ddpm_runs() {  # ddpm_runs BACKEND
@@ -144,7 +163,7 @@ ddpm_runs() {  # ddpm_runs BACKEND
   # DDIM 10 steps: 1000 digits (the same seed and batch as the CPU reference) for pixel parity.
   run "$b-ddpm-ddim10" 300 -- ddpm --spec "$W/specs/ddpm.toml" --sampler ddim --steps 10 --seed 0 --batch 100 --backend "$b" --device "$DEVICE" --budget "$DDIM_BUDGET"
   # The issue's target: 1000 digits x 1000 DDPM steps with guidance (2,000,000 UNet evaluations) in <= 60 s.
-  run "$b-ddpm-ddpm1000" 400 -- ddpm --spec "$W/specs/ddpm.toml" --sampler ddpm --seed 0 --batch 100 --backend "$b" --device "$DEVICE" --budget "$DDPM_BUDGET" --keep-going
+  run "$b-ddpm-ddpm1000" 400 -- ddpm --spec "$W/specs/ddpm.toml" --sampler ddpm --seed 0 --batch "$DDPM_BATCH" --backend "$b" --device "$DEVICE" --budget "$DDPM_BUDGET" --keep-going
   # The grader's default sampler (DPM-Solver++(2M), steps auto) inside a short budget.
   run "$b-ddpm-default" 300 -- ddpm --spec "$W/specs/ddpm.toml" --backend "$b" --device "$DEVICE" --budget "$DEFAULT_BUDGET"
   run "$b-dann-usps" 300 -- dann --pair mnistm-usps --model models/digit-judge-lenet.onnx --data "$W/data/digits/usps" --backend "$b" --device "$DEVICE"
@@ -161,17 +180,17 @@ gan_run() {  # gan_run BACKEND
 
 # --- stages -----------------------------------------------------------------------------------------
 if ! stage_done tract && [ -x "$GRADE" ] && [ -d "$W/data" ] && [ -d "$W/refs" ]; then
-  echo "== stage tract ($DEVICE)"
+  begin_stage tract 'tract-*'
   ddpm_runs tract
-  finish_stage tract 'tract-*' 
+  finish_stage
 fi
 if ! stage_done gan && [ -x "$GRADE" ] && [ -f "$W/inception-fid.onnx" ] && [ -f "$W/dcgan-w64.onnx" ]; then
-  echo "== stage gan (tract, $DEVICE)"
+  begin_stage gan 'tract-gan'
   gan_run tract
-  finish_stage gan 'tract-gan' 
+  finish_stage
 fi
 if ! stage_done ort && [ -x "$GRADE" ] && [ -f "$W/ort/libonnxruntime.so.1.31.1" ] && [ -f "$W/inception-fid.onnx" ]; then
-  echo "== stage ort ($DEVICE)"
+  begin_stage ort 'ort-*'
   export ORT_DYLIB_PATH=$PWD/$W/ort/libonnxruntime.so.1.31.1
   ddpm_runs ort
   gan_run ort
@@ -182,6 +201,14 @@ if ! stage_done ort && [ -x "$GRADE" ] && [ -f "$W/ort/libonnxruntime.so.1.31.1"
     echo "-- bench: every backend and device side by side"
     timeout 300 "$W/bench" --rows "$BENCH_ROWS" --cpu-rows "$CPU_ROWS" --seconds "$BENCH_SECONDS" --no-inception --json "$OUT/bench.json" | tee "$OUT/bench.txt"
   fi
-  finish_stage ort 'ort-*'
+  # Speed with TensorFloat-32 (off by default for parity), while the call has time left.
+  if [ $((SECONDS - STAGE_T0)) -lt "${TF32_IF_UNDER_S:-380}" ]; then
+    GRADEKIT_CUDA_TF32=1 run ort-ddpm-ddpm1000-tf32 200 -- ddpm --spec "$W/specs/ddpm.toml" --sampler ddpm --seed 0 --batch "$DDPM_BATCH" --backend ort --device "$DEVICE" --budget "$DDPM_BUDGET" --keep-going
+    compare "ddpm1000 ort tf32 vs fp32" "$W/runs/ort-ddpm-ddpm1000-tf32" "$W/runs/ort-ddpm-ddpm1000"
+  else
+    echo "skipped the TF32 run: $((SECONDS - STAGE_T0)) s into the stage" | tee -a "$SUMMARY"
+  fi
+  finish_stage
 fi
-echo "== $(date -u +%FT%TZ) stages done: $(ls "$W/done" | grep '^stage-' | sed 's/stage-//' | tr '\n' ' ')"
+done_list=$(for f in "$W"/done/stage-*; do [ -e "$f" ] && printf '%s ' "${f##*/stage-}"; done)
+echo "== $(date -u +%FT%TZ) stages done: $done_list"

@@ -18,7 +18,8 @@
 # usage: bash scripts/gpu/pack-grading.sh            (the real session: ~10 min here for the references)
 #        DRY_RUN=1 bash scripts/gpu/pack-grading.sh  (small sizes into .gpu-grade-dry, for the CPU dry run)
 # env: PART_MB (default 34: the working tree, ~24 MiB, travels with every call), FACES (1000; dry 24),
-# REFS=0 skips the reference runs (device comparisons then report a missing report), WITH_ORT=0 leaves
+# REFS=0 packs no references (device comparisons then report a missing report), REFS=force makes them
+# again (else those of an earlier pack in .gpu-grade-refs are reused), WITH_ORT=0 leaves
 # ONNX Runtime's CUDA build out (about 6 calls fewer: a session for tract-cuda alone), WITH_GAN=0 the
 # Inception (about 2 calls fewer).
 set -euo pipefail
@@ -74,9 +75,13 @@ specs() {
     cp graders/gan.toml "$out/gan.toml"
   fi
 }
-R=$S/tmp/refs
-mkdir -p "$R"
-if [ "${REFS:-1}" = 1 ]; then
+# The references are kept in ${G}-refs and reused by later packs (REFS=force makes them again).
+R=${G}-refs
+grep -qx "/$R/" .git/info/exclude 2>/dev/null || echo "/$R/" >> .git/info/exclude
+if [ "${REFS:-1}" = 1 ] && [ -f "$R/done" ]; then
+  echo "== CPU references: reusing $R (made $(cat "$R/done"); REFS=force to make them again)"
+elif [ "${REFS:-1}" != 0 ]; then
+  rm -rf "$R"; mkdir -p "$R"
   echo "== CPU references (ONNX Runtime $(basename .mldeps/onnxruntime/onnxruntime/capi/libonnxruntime.so.*), here)"
   specs "$S/tmp/specs"
   t0=$(date +%s)
@@ -92,7 +97,9 @@ if [ "${REFS:-1}" = 1 ]; then
     [ -d "$run/images" ] && tar -cf "$run/images.tar" -C "$run" images && rm -rf "$run/images"
   done
   uname -a > "$R/machine.txt"; grep -m1 "model name" /proc/cpuinfo >> "$R/machine.txt"
+  date -u +%FT%TZ > "$R/done"
 fi
+mkdir -p "$R"
 tar -czf "$P/refs.tar.gz" -C "$R" .
 
 if [ "${WITH_GAN:-1}" = 1 ]; then
