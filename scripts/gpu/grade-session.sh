@@ -159,7 +159,8 @@ finish_stage() {
 
 ddpm_runs() {  # ddpm_runs BACKEND
   local b=$1 M=models/ddpm-unet-w64.onnx
-  run "$b-check" 120 -- check "$M" --kind noise --backend "$b" --device "$DEVICE"
+  # The first tract-cuda context compiles its kernels with NVRTC (cached in ~/.cache/tract afterwards).
+  run "$b-check" 320 -- check "$M" --kind noise --backend "$b" --device "$DEVICE" --timeout 300s
   # DDIM 10 steps: 1000 digits (the same seed and batch as the CPU reference) for pixel parity.
   run "$b-ddpm-ddim10" 300 -- ddpm --spec "$W/specs/ddpm.toml" --sampler ddim --steps 10 --seed 0 --batch 100 --backend "$b" --device "$DEVICE" --budget "$DDIM_BUDGET"
   # The target: 1000 digits x 1000 DDPM steps with guidance (2,000,000 UNet evaluations) in <= 60 s.

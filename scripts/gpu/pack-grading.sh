@@ -57,7 +57,7 @@ for pair in usps svhn; do
 done
 mkdir -p "$D/face/val"
 # shellcheck disable=SC2012
-ls "$DATA/face/val" | sort | head -"$FACES" | (cd "$DATA/face/val" && xargs cp -t "$OLDPWD/$D/face/val")
+ls "$DATA/face/val" | sort | sed -n "1,${FACES}p" | (cd "$DATA/face/val" && xargs cp -t "$OLDPWD/$D/face/val")
 tar -cf "$P/data.tar" -C "$D" .
 
 echo "== the generator graded by grade gan: the seed DCGAN, width 64, seeded weights (bench --write-dcgan)"
