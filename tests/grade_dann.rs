@@ -143,3 +143,23 @@ fn graders_lists_every_spec() {
         .stdout(contains("ddpm"))
         .stdout(contains("gan"));
 }
+
+#[test]
+fn the_bundled_dann_models_are_the_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    for pair in ["mnistm-svhn", "mnistm-usps"] {
+        let out = grade(tmp.path())
+            .args(["dann", "--pair", pair, "--backend", "tract", "--out", pair])
+            .arg("--data")
+            .arg(fixture("digits/usps"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A real model graded: passed or failed on the fixture digits, not an error.
+        assert!(matches!(out.status.code(), Some(0) | Some(1)), "{pair}: {stderr}");
+        let r = common::read_json(&tmp.path().join(pair).join("report.json"));
+        let model = r["inputs"]["model"].as_str().unwrap();
+        assert!(model.ends_with(&format!("models/dann-{pair}.onnx (bundled default)")), "{model}");
+        assert_eq!(r["counts"]["images"], 200);
+    }
+}
