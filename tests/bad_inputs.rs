@@ -276,18 +276,9 @@ fn ort_backend_reports_missing_library_clearly() {
 fn a_model_that_needs_too_much_memory_is_stopped() {
     let tmp = tempfile::tempdir().unwrap();
     // ConstantOfShape to 2^28 floats (1 GiB) while the limit is 300 MiB.
-    let mut g = GraphBuilder::new("hog");
-    let x = g.input("image", Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)]);
-    let shape = g.const_i64("big_shape", &[1], &[1 << 28]);
-    let big = g.node("ConstantOfShape", &[&shape], &[]);
-    let s = g.node("ReduceSum", &[&big], &[Attr::Int("keepdims", 0)]);
-    let f = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
-    let w = g.weight("w", &[10, 2352], &vec![0.0; 23520]);
-    let y = g.node("Gemm", &[&f, &w], &[Attr::Int("transB", 1)]);
-    let y = g.node("Add", &[&y, &s], &[]);
-    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+    let g = common::memory_hog_classifier(1 << 28);
     let p = tmp.path().join("hog.onnx");
-    writer::save(&g.build(), &p).unwrap();
+    writer::save(&g, &p).unwrap();
     let out = grade(tmp.path())
         .args(["--memory-limit", "300M", "check", "--kind", "classifier", "--backend", "tract"])
         .arg(&p)
@@ -302,22 +293,9 @@ fn a_model_that_needs_too_much_memory_is_stopped() {
 fn a_model_too_slow_for_one_batch_is_stopped_with_a_partial_report() {
     let tmp = tempfile::tempdir().unwrap();
     // Three 512-channel 3x3 convolutions at 28x28: about 5 GFLOP per image, minutes per batch in tract.
-    let mut g = GraphBuilder::new("slow");
-    let x = g.input("image", Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)]);
-    let mut y = x.clone();
-    let mut cin = 3;
-    for i in 0..3 {
-        let w = g.weight(&format!("c{i}"), &[512, cin, 3, 3], &vec![0.001; 512 * cin * 9]);
-        y = g.node("Conv", &[&y, &w], &[Attr::Ints("kernel_shape", vec![3, 3]), Attr::Ints("pads", vec![1, 1, 1, 1])]);
-        cin = 512;
-    }
-    let y = g.node("GlobalAveragePool", &[&y], &[]);
-    let y = g.node("Flatten", &[&y], &[Attr::Int("axis", 1)]);
-    let w = g.weight("fc", &[10, 512], &vec![0.01; 5120]);
-    let y = g.node("Gemm", &[&y, &w], &[Attr::Int("transB", 1)]);
-    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+    let g = common::slow_classifier(3, 512);
     let p = tmp.path().join("slow.onnx");
-    writer::save(&g.build(), &p).unwrap();
+    writer::save(&g, &p).unwrap();
     let started = std::time::Instant::now();
     let out = grade(tmp.path())
         .args(["dann", "--pair", "mnistm-usps", "--backend", "tract", "--batch", "200", "--budget", "1s", "--out", "o"])

@@ -15,36 +15,12 @@ fn classifier_input(g: &mut GraphBuilder) -> String {
 
 /// 150 64-channel 3x3 convolutions at 28x28: about a minute for the 100 fixture digits, in modest memory.
 fn slow_model(p: &Path) {
-    let mut g = GraphBuilder::new("slow");
-    let x = classifier_input(&mut g);
-    let mut y = x.clone();
-    let mut cin = 3;
-    for i in 0..150 {
-        let w = g.weight(&format!("c{i}"), &[64, cin, 3, 3], &vec![0.001; 64 * cin * 9]);
-        y = g.node("Conv", &[&y, &w], &[Attr::Ints("kernel_shape", vec![3, 3]), Attr::Ints("pads", vec![1, 1, 1, 1])]);
-        cin = 64;
-    }
-    let y = g.node("GlobalAveragePool", &[&y], &[]);
-    let y = g.node("Flatten", &[&y], &[Attr::Int("axis", 1)]);
-    let w = g.weight("fc", &[10, 64], &vec![0.01; 640]);
-    let y = g.node("Gemm", &[&y, &w], &[Attr::Int("transB", 1)]);
-    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
-    writer::save(&g.build(), p).unwrap();
+    writer::save(&common::slow_classifier(150, 64), p).unwrap();
 }
 
 /// A 1 GiB constant tensor (ConstantOfShape) in a classifier.
 fn hog_model(p: &Path) {
-    let mut g = GraphBuilder::new("hog");
-    let x = classifier_input(&mut g);
-    let shape = g.const_i64("big_shape", &[1], &[1 << 28]);
-    let big = g.node("ConstantOfShape", &[&shape], &[]);
-    let s = g.node("ReduceSum", &[&big], &[Attr::Int("keepdims", 0)]);
-    let f = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
-    let w = g.weight("w", &[10, 2352], &vec![0.0; 23520]);
-    let y = g.node("Gemm", &[&f, &w], &[Attr::Int("transB", 1)]);
-    let y = g.node("Add", &[&y, &s], &[]);
-    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
-    writer::save(&g.build(), p).unwrap();
+    writer::save(&common::memory_hog_classifier(1 << 28), p).unwrap();
 }
 
 /// The class: who handed in what.
@@ -95,17 +71,7 @@ fn batch(dir: &Path, out: &str, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// class.json's students without the timings (which differ from run to run).
-fn results_without_time(p: &Path) -> serde_json::Value {
-    let mut v = read_json(p)["students"].clone();
-    for s in v.as_array_mut().unwrap() {
-        s["seconds"] = 0.into();
-        for g in s["graders"].as_array_mut().unwrap() {
-            g["seconds"] = 0.into();
-        }
-    }
-    v
-}
+use common::class_results_without_time as results_without_time;
 
 fn csv_without_time(p: &Path) -> Vec<Vec<String>> {
     let mut r = csv::Reader::from_path(p).unwrap();

@@ -334,17 +334,7 @@ fn batch_args(d: &Path) -> Vec<String> {
     args
 }
 
-/// class.json's students without the timings (which differ from run to run).
-fn results_without_time(p: &Path) -> serde_json::Value {
-    let mut v = read_json(p)["students"].clone();
-    for s in v.as_array_mut().unwrap() {
-        s["seconds"] = 0.into();
-        for g in s["graders"].as_array_mut().unwrap() {
-            g["seconds"] = 0.into();
-        }
-    }
-    v
-}
+use common::class_results_without_time as results_without_time;
 
 #[test]
 #[ignore = "needs root and Slurm (bash scripts/install-slurm.sh); .ci/run runs it"]
