@@ -49,6 +49,9 @@ fn make_class(root: &Path) -> PathBuf {
     // erin: a model that wants 1 GiB (the limit here is 600 MiB).
     std::fs::create_dir_all(class.join("erin")).unwrap();
     hog_model(&class.join("erin/dann-usps.onnx"));
+    // fay: a model whose plan asks for 4 GiB at once (past the data-segment cap of 4 x 600 MiB).
+    std::fs::create_dir_all(class.join("fay")).unwrap();
+    writer::save(&common::memory_hog_classifier(1 << 29), &class.join("fay/dann-usps.onnx")).unwrap();
     // frank: forgot his files.
     std::fs::create_dir_all(class.join("frank")).unwrap();
     std::fs::write(class.join("frank/README.txt"), b"sorry").unwrap();
@@ -100,7 +103,7 @@ fn a_class_with_broken_submissions_grades_in_one_run_and_in_shards_alike() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(stdout.contains("7 students"), "{stdout}");
+    assert!(stdout.contains("8 students"), "{stdout}");
     let class = read_json(&d.join("full/class.json"));
     assert_eq!(class["graders"], serde_json::json!(["ddpm", "dann-mnistm-usps"]));
     let st = |id: &str| class["students"].as_array().unwrap().iter().find(|s| s["id"] == id).unwrap().clone();
@@ -131,6 +134,8 @@ fn a_class_with_broken_submissions_grades_in_one_run_and_in_shards_alike() {
     assert!(dave["seconds"].as_f64().unwrap() < 25.0);
     let erin = grader("erin", "dann-mnistm-usps");
     assert_eq!(erin["status"], "memory-limit", "{erin}");
+    let fay = grader("fay", "dann-mnistm-usps");
+    assert_eq!(fay["status"], "memory-limit", "{fay}");
     assert_eq!(st("frank")["status"], "failed");
     assert!(grader("frank", "ddpm")["error"].as_str().unwrap().contains("no ddpm.onnx"));
     assert_eq!(st("gus")["status"], "error");
@@ -140,7 +145,7 @@ fn a_class_with_broken_submissions_grades_in_one_run_and_in_shards_alike() {
 
     // Scoreboard: one row per student, metrics with intervals.
     let rows = csv_without_time(&d.join("full/scoreboard.csv"));
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 9);
     assert!(rows[0].contains(&"dann-mnistm-usps:accuracy:lo".to_string()), "{:?}", rows[0]);
     let html = std::fs::read_to_string(d.join("full/scoreboard.html")).unwrap();
     assert!(html.contains("id=\"student-erin\"") && html.contains("data:image/png;base64,"));
@@ -152,7 +157,7 @@ fn a_class_with_broken_submissions_grades_in_one_run_and_in_shards_alike() {
     let t = std::time::Instant::now();
     let again = batch(d, "full", &[]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&again.stdout).contains("6 finished earlier"), "{}", String::from_utf8_lossy(&again.stdout));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("7 finished earlier"), "{}", String::from_utf8_lossy(&again.stdout));
     assert!(t.elapsed() < first / 2, "resume took {:?}, the first run {first:?}", t.elapsed());
     assert_eq!(results_without_time(&d.join("full/class.json")), before);
 

@@ -42,7 +42,6 @@ fn catch_quietly<R>(f: impl FnOnce() -> R) -> Option<R> {
 
 /// Like `catch_quietly`, keeping the panic's message (tract-cuda reports a failed CUDA context
 /// creation or kernel compilation by panicking with the reason).
-#[cfg_attr(not(feature = "tract-cuda"), allow(dead_code))]
 fn catch_with_message<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     let mut msg = String::new();
     let r = catch_quietly(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
@@ -152,8 +151,8 @@ impl TractEngine {
         }
         let plan: Plan = match self.device {
             Device::Cpu => {
-                let p = catch_quietly(|| m.into_optimized().and_then(|m| m.into_runnable()))
-                    .ok_or_else(|| anyhow!("tract crashed preparing {} for input shapes {shapes:?}; the model is malformed", self.path))?
+                let p = catch_with_message(|| m.into_optimized().and_then(|m| m.into_runnable()))
+                    .map_err(|why| anyhow!("tract crashed preparing {} for input shapes {shapes:?} ({why}); the model is malformed or needs more memory than it may use", self.path))?
                     .map_err(|e| anyhow!("tract cannot prepare {} for input shapes {shapes:?}: {e:#}", self.path))?;
                 Arc::new(p)
             }

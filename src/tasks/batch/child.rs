@@ -88,7 +88,9 @@ pub fn run(mut cmd: Command, log: &Path, limits: Limits) -> Result<Outcome> {
     let seconds = started.elapsed().as_secs_f64();
     let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
     let mut error = text.lines().rev().find(|l| l.starts_with("error:")).map(|l| l.trim_start_matches("error:").trim().to_string());
-    let oom_text = text.contains("memory limit exceeded") || text.contains("memory allocation of");
+    // The child's watchdog, Rust's allocation-failure abort, or tract reporting a failed allocation
+    // (the data-segment cap refusing one absurd request).
+    let oom_text = ["memory limit exceeded", "memory allocation of", "failed to allocate"].iter().any(|t| text.contains(t));
     let ended = match (killed, status.code(), status.signal()) {
         (Some(k), _, _) => k,
         (None, Some(2), _) if oom_text => Ended::OverMemory,
