@@ -257,14 +257,18 @@ fn gan_submissions_share_one_reference_computation_and_match_a_single_run() {
         std::fs::create_dir_all(d.join("class").join(s)).unwrap();
         std::fs::copy(fixture("models/dcgan-w8.onnx"), d.join("class").join(s).join("gan.onnx")).unwrap();
     }
-    let out = grade(d)
-        .args(["batch", "class", "--out", "b", "--data", "data", "--grader-arg", "all=--backend=tract"])
-        .arg("--grader-arg")
-        .arg(format!("gan=--spec={}", spec.display()))
-        .arg("--inception")
-        .arg(&inception)
-        .output()
-        .unwrap();
+    let batch = |extra: &[&str]| {
+        grade(d)
+            .args(["batch", "class", "--out", "b", "--data", "data", "--grader-arg", "all=--backend=tract"])
+            .arg("--grader-arg")
+            .arg(format!("gan=--spec={}", spec.display()))
+            .arg("--inception")
+            .arg(&inception)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = batch(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(matches!(out.status.code(), Some(0) | Some(1)), "{stderr}");
     assert!(stderr.contains("computing the reference faces' Inception features once"), "{stderr}");
@@ -295,13 +299,6 @@ fn gan_submissions_share_one_reference_computation_and_match_a_single_run() {
         assert!(fid["interval"]["hi"].as_f64().unwrap() >= fid["value"].as_f64().unwrap());
     }
     // A second batch into the same folder reuses the cache.
-    let again = grade(d)
-        .args(["batch", "class", "--out", "b", "--force", "--data", "data", "--grader-arg", "all=--backend=tract"])
-        .arg("--grader-arg")
-        .arg(format!("gan=--spec={}", spec.display()))
-        .arg("--inception")
-        .arg(&inception)
-        .output()
-        .unwrap();
+    let again = batch(&["--force"]);
     assert!(!String::from_utf8_lossy(&again.stderr).contains("computing the reference"), "the cache was not reused");
 }

@@ -129,6 +129,16 @@ pub enum StudentStatus {
     Error,
 }
 
+impl StudentStatus {
+    pub fn label(&self) -> &'static str {
+        match self {
+            StudentStatus::Passed => "passed",
+            StudentStatus::Failed => "failed",
+            StudentStatus::Error => "error",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StudentResult {
     pub id: String,
@@ -177,9 +187,9 @@ pub struct BatchArgs {
     pub quiet: bool,
 }
 
-fn student_status(graders: &[GraderResult], refused: bool) -> StudentStatus {
+fn student_status(graders: &[GraderResult]) -> StudentStatus {
     use GradeStatus::*;
-    if refused || graders.iter().any(|g| matches!(g.status, Error | Timeout | MemoryLimit | Crashed | Refused)) {
+    if graders.iter().any(|g| matches!(g.status, Error | Timeout | MemoryLimit | Crashed | Refused)) {
         StudentStatus::Error
     } else if graders.iter().all(|g| g.status == Passed) {
         StudentStatus::Passed
@@ -314,11 +324,11 @@ pub fn write_class(out: &OutputDir, report: &ClassReport) -> Result<()> {
     Ok(())
 }
 
-fn status_word(s: StudentStatus) -> &'static str {
+/// The terminal line's word: upper case when something needs a look.
+fn status_word(s: StudentStatus) -> String {
     match s {
-        StudentStatus::Passed => "passed",
-        StudentStatus::Failed => "FAILED",
-        StudentStatus::Error => "ERROR",
+        StudentStatus::Passed => s.label().to_string(),
+        _ => s.label().to_uppercase(),
     }
 }
 
@@ -371,7 +381,16 @@ fn gan_reference_cache(args: &BatchArgs, out: &OutputDir) -> Result<Option<PathB
         Err(_) => return Ok(None),
     };
     let cache = out.path("cache/gan-reference.npz")?;
-    let key = format!("{}\n{}\n", std::fs::canonicalize(&reference)?.display(), crate::metrics::inception::sha256_file(&inception)?);
+    // The Inception file by path, size and modification time: locate_inception has just checked the
+    // installed model's SHA-256, so hashing its ~100 MB again would only repeat that read.
+    let im = std::fs::metadata(&inception).with_context(|| format!("cannot read {}", inception.display()))?;
+    let modified = im.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+    let key = format!(
+        "{}\n{} {} {modified}\n",
+        std::fs::canonicalize(&reference)?.display(),
+        std::fs::canonicalize(&inception)?.display(),
+        im.len()
+    );
     let key_file = out.path("cache/gan-reference.key")?;
     if cache.is_file() && std::fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str()) {
         return Ok(Some(cache));
@@ -415,7 +434,7 @@ fn grade_student(
                 if covered {
                     let mut r = r;
                     r.graders.retain(|x| graders.contains(&x.grader));
-                    r.status = student_status(&r.graders, false);
+                    r.status = student_status(&r.graders);
                     return Ok((r, true));
                 }
             }
@@ -441,7 +460,7 @@ fn grade_student(
     }
     let r = StudentResult {
         id: s.id.clone(),
-        status: student_status(&results, false),
+        status: student_status(&results),
         seconds: started.elapsed().as_secs_f64(),
         graders: results,
         error: None,

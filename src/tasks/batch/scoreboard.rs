@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Result;
 use base64::Engine as _;
 
-use super::{ClassReport, GradeStatus, StudentStatus};
+use super::{ClassReport, GradeStatus};
 
 /// Metric names per grader, in the order reports list them (the first student that has each).
 fn metric_columns(r: &ClassReport) -> Vec<(String, Vec<String>)> {
@@ -34,14 +34,6 @@ fn num(v: Option<f64>) -> String {
     v.map(|v| format!("{v}")).unwrap_or_default()
 }
 
-fn student_word(s: StudentStatus) -> &'static str {
-    match s {
-        StudentStatus::Passed => "passed",
-        StudentStatus::Failed => "failed",
-        StudentStatus::Error => "error",
-    }
-}
-
 pub fn csv(r: &ClassReport) -> Result<String> {
     let cols = metric_columns(r);
     let mut w = csv::Writer::from_writer(vec![]);
@@ -57,7 +49,7 @@ pub fn csv(r: &ClassReport) -> Result<String> {
     }
     w.write_record(&header)?;
     for s in &r.students {
-        let mut row = vec![s.id.clone(), student_word(s.status).into(), format!("{:.1}", s.seconds), s.error.clone().unwrap_or_default()];
+        let mut row = vec![s.id.clone(), s.status.label().into(), format!("{:.1}", s.seconds), s.error.clone().unwrap_or_default()];
         for (g, names) in &cols {
             let gr = s.graders.iter().find(|x| &x.grader == g);
             row.push(gr.map(|x| x.status.label().to_string()).unwrap_or_default());
@@ -146,7 +138,7 @@ pub fn html(r: &ClassReport, root: &Path) -> Result<String> {
     }
     h.push_str("<th data-col=\"seconds\">seconds</th><th data-col=\"problems\">problems</th></tr></thead><tbody>");
     for s in &r.students {
-        let st = student_word(s.status);
+        let st = s.status.label();
         write!(h, "<tr id=\"student-{0}\"><td data-v=\"{0}\">{0}</td><td data-v=\"{1}\" class=\"{1}\">{1}</td>", esc(&s.id), st)?;
         let mut problems: Vec<String> = s.error.iter().cloned().collect();
         for (g, names) in &cols {
