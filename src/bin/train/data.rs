@@ -125,3 +125,45 @@ impl ImageSet {
         (x, self.labels.as_ref().map(|l| l.index_select(0, &i)))
     }
 }
+
+/// Colour augmentation of a batch in [-1, 1], per image and independently: greyscale (ITU-R 601
+/// luma, replicated to three channels) with probability 1/2, negated (colours inverted) with
+/// probability 1/2. Digit identity survives both, and they span exactly how the targets differ from
+/// MNIST-M: USPS is grey, SVHN has light-on-dark and dark-on-light digits. Drawn from libtorch's
+/// generator, which the trainer seeds per step (a resumed run augments as an uninterrupted one).
+pub fn colour_augment(x: &Tensor) -> Tensor {
+    let n = x.size()[0];
+    let opts = (Kind::Float, x.device());
+    let luma = Tensor::from_slice(&[0.299f32, 0.587, 0.114]).to_device(x.device()).view([1, 3, 1, 1]);
+    let grey = (x * luma).sum_dim_intlist([1i64].as_slice(), true, Kind::Float).expand_as(x);
+    let g = Tensor::rand([n, 1, 1, 1], opts).lt(0.5).to_kind(Kind::Float);
+    let mixed = &grey * &g + x * (1.0 - &g);
+    let sign = Tensor::rand([n, 1, 1, 1], opts).lt(0.5).to_kind(Kind::Float) * 2.0 - 1.0;
+    mixed * sign
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every augmented image is the original, its greyscale, or either one negated, and all four
+    /// occur; values stay in [-1, 1].
+    #[test]
+    fn colour_augment_greys_and_inverts_whole_images() {
+        tch::manual_seed(3);
+        let x = Tensor::rand([256, 3, 4, 4], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+        let y = colour_augment(&x);
+        assert_eq!(y.size(), x.size());
+        let luma = Tensor::from_slice(&[0.299f32, 0.587, 0.114]).view([1, 3, 1, 1]);
+        let grey = (&x * luma).sum_dim_intlist([1i64].as_slice(), true, Kind::Float).expand_as(&x);
+        let mut seen = [0usize; 4];
+        for i in 0..256 {
+            let yi = y.get(i);
+            let close = |t: &Tensor| f64::try_from((&yi - t).abs().max()).unwrap() < 1e-6;
+            let k = [x.get(i), -x.get(i), grey.get(i), -grey.get(i)].iter().position(|c| close(c));
+            seen[k.unwrap_or_else(|| panic!("image {i} is none of the four colourings"))] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 30), "colourings drawn {seen:?} of 256");
+        assert!(f64::try_from(y.abs().max()).unwrap() <= 1.0 + 1e-6);
+    }
+}

@@ -8,7 +8,7 @@ use anyhow::Result;
 use gradekit::nn::{dann, lenet};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{digit_split, Batches, ImageSet};
+use crate::data::{colour_augment, digit_split, Batches, ImageSet};
 use crate::optim::Adam;
 use crate::run::{meta, RunDir};
 use crate::tch_ops::{Init, ParamStore, TchOps, Tt};
@@ -79,6 +79,8 @@ fn accuracy(p: &mut ParamStore, net: &Net, set: &ImageSet) -> Result<f64> {
 
 pub struct DigitArgs {
     pub eval_every: i64,
+    /// Colour augmentation (`data::colour_augment`) of every training batch, both domains.
+    pub augment: bool,
 }
 
 pub fn train_classifier(c: &Common, a: &DigitArgs) -> Result<()> {
@@ -131,6 +133,13 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
     let steps = c.steps.unwrap_or(5000);
     let batch = c.batch.unwrap_or(128);
     let (start, _) = c.resume_into(kind, &mut p, &mut [("main", &mut opt)])?;
+    if let Some(path) = c.resume.as_ref().filter(|_| start > 0) {
+        // A run resumed under another recipe would be neither; checkpoints before --augment existed say nothing.
+        let theirs = gradekit::checkpoint::safetensors::Checkpoint::read(path)?.meta("augment").map(|v| v == "true").unwrap_or(false);
+        if theirs != a.augment {
+            anyhow::bail!("{} was trained {} --augment: resume it with the same recipe", path.display(), if theirs { "with" } else { "without" });
+        }
+    }
     let mut src_batches = Batches::new(labelled.len, c.seed);
     src_batches.skip(start, batch);
     let mut tgt_batches = unlabelled.map(|u| {
@@ -149,10 +158,14 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         opt.lr = lr * if progress >= 0.75 { 0.01 } else if progress >= 0.5 { 0.1 } else { 1.0 };
         let lambda = 2.0 / (1.0 + (-10.0 * progress).exp()) - 1.0;
         let (x, y) = labelled.batch(&src_batches.next(batch));
+        let x = if a.augment { colour_augment(&x) } else { x };
         let y = y.expect("labels");
         opt.zero_grad(&mut p);
         let target = match (unlabelled, tgt_batches.as_mut()) {
-            (Some(u), Some(tb)) => Some(u.batch(&tb.next(batch)).0),
+            (Some(u), Some(tb)) => {
+                let xt = u.batch(&tb.next(batch)).0;
+                Some(if a.augment { colour_augment(&xt) } else { xt })
+            }
             _ => None,
         };
         let (scores, domain_loss) = match &target {
@@ -205,8 +218,8 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         if (step + 1) % c.save_every == 0 || end {
             let mut tensors = p.named();
             tensors.extend(opt.state("main"));
-            let m = meta(kind, step + 1, c.seed, &[("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string())]);
-            ckpt::save(&run.checkpoint(), tensors, &m)?;
+            let recipe = [("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string()), ("augment", a.augment.to_string())];
+            ckpt::save(&run.checkpoint(), tensors, &meta(kind, step + 1, c.seed, &recipe))?;
             run.write_curves(kind)?;
         }
         if end {
@@ -220,6 +233,7 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         "steps": steps,
         "batch": batch,
         "seed": c.seed,
+        "augment": a.augment,
         "accuracy": latest.iter().map(|(k, v)| (k.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
         "evaluated_on": evals.iter().map(|(k, s)| (k.to_string(), s.origin.clone())).collect::<std::collections::BTreeMap<_, _>>(),
     });
