@@ -187,28 +187,28 @@ fn dann_modes_train_report_accuracy_and_export_a_gradable_classifier() {
 /// `--augment` changes what is trained, is recorded in the checkpoint, resumes exactly, and a resume
 /// under the other recipe is refused.
 #[test]
-fn dann_colour_augmentation_resumes_exactly_and_is_recorded() {
+fn dann_augmentation_resumes_exactly_and_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let root = common::fixture("digits");
     let (a, b, plain) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("plain"));
     let common = ["dann", "--pair", "mnistm-usps", "--data", p(&root), "--batch", "16", "--steps", "4", "--eval-every", "2", "--save-every", "2"];
-    ok(&[&common[..], &["--augment", "--out", p(&a)]].concat());
+    ok(&[&common[..], &["--augment", "colour,zoom", "--out", p(&a)]].concat());
     ok(&[&common[..], &["--out", p(&plain)]].concat());
-    ok(&[&common[..], &["--augment", "--out", p(&b), "--stop-at", "2"]].concat());
+    ok(&[&common[..], &["--augment", "colour,zoom", "--out", p(&b), "--stop-at", "2"]].concat());
     let ck = b.join("checkpoint.safetensors");
     let refused = train(&[&common[..], &["--out", p(&b), "--resume", p(&ck)]].concat());
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--augment"), "{}", String::from_utf8_lossy(&refused.stderr));
-    ok(&[&common[..], &["--augment", "--out", p(&b), "--resume", p(&ck)]].concat());
+    ok(&[&common[..], &["--augment", "colour,zoom", "--out", p(&b), "--resume", p(&ck)]].concat());
     let a_ck = a.join("checkpoint.safetensors");
     assert_same_tensors(&a_ck, &ck, |_| true);
-    assert_eq!(Checkpoint::read(&a_ck).unwrap().meta("augment"), Some("true"));
-    assert_eq!(Checkpoint::read(&plain.join("checkpoint.safetensors")).unwrap().meta("augment"), Some("false"));
+    assert_eq!(Checkpoint::read(&a_ck).unwrap().meta("augment"), Some("colour,zoom"));
+    assert_eq!(Checkpoint::read(&plain.join("checkpoint.safetensors")).unwrap().meta("augment"), Some("none"));
     let (x, y) = (Checkpoint::read(&a_ck).unwrap(), Checkpoint::read(&plain.join("checkpoint.safetensors")).unwrap());
     let w = "feature.f_conv1.weight";
     assert!(x.tensors[w].data != y.tensors[w].data, "--augment trained the same weights as without it");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("results.json")).unwrap()).unwrap();
-    assert_eq!(r["augment"], serde_json::json!(true));
+    assert_eq!(r["augment"], serde_json::json!("colour,zoom"));
 }
 
 #[test]

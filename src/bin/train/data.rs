@@ -142,6 +142,24 @@ pub fn colour_augment(x: &Tensor) -> Tensor {
     mixed * sign
 }
 
+/// Zoom augmentation of a batch, per image: a random square crop of side 28 / s, s uniform in
+/// [1, 1.5], placed uniformly inside the image and resized back (bilinear). MNIST-M centres its
+/// digits in 20 of the 28 pixels; USPS and SVHN crops are tight around the digit, which fills the
+/// height: zooming by up to 1.5 spans that. The crop stays inside the image, so nothing is padded.
+pub fn zoom_augment(x: &Tensor) -> Tensor {
+    let n = x.size()[0];
+    let opts = (Kind::Float, x.device());
+    let inv = 1.0 - Tensor::rand([n], opts) * (1.0 - 1.0 / 1.5); // 1 / s in [2/3, 1]
+    let room = 1.0 - &inv; // the crop's centre may move this far (normalised coordinates)
+    let tx = (Tensor::rand([n], opts) * 2.0 - 1.0) * &room;
+    let ty = (Tensor::rand([n], opts) * 2.0 - 1.0) * &room;
+    let zero = Tensor::zeros([n], opts);
+    let theta = Tensor::stack(&[&inv, &zero, &tx, &zero, &inv, &ty], 1).view([n, 2, 3]);
+    let grid = Tensor::affine_grid_generator(&theta, x.size(), false);
+    // interpolation 0 = bilinear, padding 1 = border (never reached: the crop is inside)
+    x.grid_sampler(&grid, 0, 1, false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +183,23 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| n > 30), "colourings drawn {seen:?} of 256");
         assert!(f64::try_from(y.abs().max()).unwrap() <= 1.0 + 1e-6);
+    }
+
+    /// Zooming keeps the shape and range, never shrinks the content (a centred dot only grows), and
+    /// varies per image.
+    #[test]
+    fn zoom_augment_crops_inside_and_enlarges() {
+        tch::manual_seed(4);
+        let x = Tensor::full([64, 1, 28, 28], -1.0, (Kind::Float, Device::Cpu));
+        let _ = x.narrow(2, 12, 4).narrow(3, 12, 4).fill_(1.0);
+        let y = zoom_augment(&x);
+        assert_eq!(y.size(), x.size());
+        assert!(f64::try_from(y.abs().max()).unwrap() <= 1.0 + 1e-6);
+        let ink = |t: &Tensor| (t.gt(0.0)).sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Float);
+        let (before, after) = (Vec::<f32>::try_from(ink(&x)).unwrap(), Vec::<f32>::try_from(ink(&y)).unwrap());
+        assert!(after.iter().zip(&before).all(|(a, b)| a + 4.0 >= *b), "{after:?}");
+        assert!(after.iter().any(|a| *a > 20.0), "no image was zoomed in: {after:?}");
+        let first = y.get(0);
+        assert!((1..64).any(|i| f64::try_from((&y.get(i) - &first).abs().max()).unwrap() > 0.1), "every image got the same crop");
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use gradekit::nn::{dann, lenet};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{colour_augment, digit_split, Batches, ImageSet};
+use crate::data::{colour_augment, digit_split, zoom_augment, Batches, ImageSet};
 use crate::optim::Adam;
 use crate::run::{meta, RunDir};
 use crate::tch_ops::{Init, ParamStore, TchOps, Tt};
@@ -79,8 +79,45 @@ fn accuracy(p: &mut ParamStore, net: &Net, set: &ImageSet) -> Result<f64> {
 
 pub struct DigitArgs {
     pub eval_every: i64,
-    /// Colour augmentation (`data::colour_augment`) of every training batch, both domains.
-    pub augment: bool,
+    pub augment: Augment,
+}
+
+/// Training-batch augmentations of `train dann --augment`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Augment {
+    /// `data::colour_augment` on both domains' batches.
+    pub colour: bool,
+    /// `data::zoom_augment` on the labelled batches (the target's images are graded as they are).
+    pub zoom: bool,
+}
+
+impl Augment {
+    pub fn from_list(items: &[AugmentKind]) -> Augment {
+        Augment { colour: items.contains(&AugmentKind::Colour), zoom: items.contains(&AugmentKind::Zoom) }
+    }
+
+    /// As recorded in checkpoints: "none", "colour", "zoom" or "colour,zoom".
+    pub fn name(self) -> String {
+        let on: Vec<&str> = [(self.colour, "colour"), (self.zoom, "zoom")].iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
+        if on.is_empty() { "none".into() } else { on.join(",") }
+    }
+
+    fn source(self, x: Tensor) -> Tensor {
+        let x = if self.zoom { zoom_augment(&x) } else { x };
+        if self.colour { colour_augment(&x) } else { x }
+    }
+
+    fn target(self, x: Tensor) -> Tensor {
+        if self.colour { colour_augment(&x) } else { x }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AugmentKind {
+    /// Random greyscale and random inversion, both domains.
+    Colour,
+    /// Random zoom-in crops (scale 1-1.5) of the labelled images.
+    Zoom,
 }
 
 pub fn train_classifier(c: &Common, a: &DigitArgs) -> Result<()> {
@@ -134,10 +171,15 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
     let batch = c.batch.unwrap_or(128);
     let (start, _) = c.resume_into(kind, &mut p, &mut [("main", &mut opt)])?;
     if let Some(path) = c.resume.as_ref().filter(|_| start > 0) {
-        // A run resumed under another recipe would be neither; checkpoints before --augment existed say nothing.
-        let theirs = gradekit::checkpoint::safetensors::Checkpoint::read(path)?.meta("augment").map(|v| v == "true").unwrap_or(false);
-        if theirs != a.augment {
-            anyhow::bail!("{} was trained {} --augment: resume it with the same recipe", path.display(), if theirs { "with" } else { "without" });
+        // A run resumed under another recipe would be neither (checkpoints from before --augment: none).
+        let ck = gradekit::checkpoint::safetensors::Checkpoint::read(path)?;
+        let theirs = match ck.meta("augment") {
+            None | Some("false") => "none",
+            Some("true") => "colour",
+            Some(v) => v,
+        };
+        if theirs != a.augment.name() {
+            anyhow::bail!("{} was trained with --augment {theirs}, this run asks for {}: resume it with the same recipe", path.display(), a.augment.name());
         }
     }
     let mut src_batches = Batches::new(labelled.len, c.seed);
@@ -158,13 +200,13 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         opt.lr = lr * if progress >= 0.75 { 0.01 } else if progress >= 0.5 { 0.1 } else { 1.0 };
         let lambda = 2.0 / (1.0 + (-10.0 * progress).exp()) - 1.0;
         let (x, y) = labelled.batch(&src_batches.next(batch));
-        let x = if a.augment { colour_augment(&x) } else { x };
+        let x = a.augment.source(x);
         let y = y.expect("labels");
         opt.zero_grad(&mut p);
         let target = match (unlabelled, tgt_batches.as_mut()) {
             (Some(u), Some(tb)) => {
                 let xt = u.batch(&tb.next(batch)).0;
-                Some(if a.augment { colour_augment(&xt) } else { xt })
+                Some(a.augment.target(xt))
             }
             _ => None,
         };
@@ -218,7 +260,7 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         if (step + 1) % c.save_every == 0 || end {
             let mut tensors = p.named();
             tensors.extend(opt.state("main"));
-            let recipe = [("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string()), ("augment", a.augment.to_string())];
+            let recipe = [("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string()), ("augment", a.augment.name())];
             ckpt::save(&run.checkpoint(), tensors, &meta(kind, step + 1, c.seed, &recipe))?;
             run.write_curves(kind)?;
         }
@@ -233,7 +275,7 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         "steps": steps,
         "batch": batch,
         "seed": c.seed,
-        "augment": a.augment,
+        "augment": a.augment.name(),
         "accuracy": latest.iter().map(|(k, v)| (k.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
         "evaluated_on": evals.iter().map(|(k, s)| (k.to_string(), s.origin.clone())).collect::<std::collections::BTreeMap<_, _>>(),
     });

@@ -182,9 +182,10 @@ enum Command {
         /// Evaluate on the validation splits every N steps.
         #[arg(long, default_value_t = 500)]
         eval_every: i64,
-        /// Colour augmentation of both domains' batches: random greyscale and random inversion.
-        #[arg(long)]
-        augment: bool,
+        /// Augment training batches: colour (random greyscale and inversion, both domains), zoom
+        /// (random zoom-in crops of the labelled images); e.g. --augment colour,zoom.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        augment: Vec<digits::AugmentKind>,
     },
     /// The course's LeNet digit classifier (the diffusion grader's judge) on MNIST-M.
     Classifier {
@@ -313,8 +314,8 @@ fn main() -> ExitCode {
         Command::Ddpm { common, width, label_dropout, ema, sample_steps, guidance } => {
             ddpm::train(&common, &ddpm::DdpmArgs { width, label_dropout, ema_beta: ema, sample_steps, guidance })
         }
-        Command::Dann { common, pair, mode, eval_every, augment } => digits::train_dann(&common, &digits::DigitArgs { eval_every, augment }, pair, mode),
-        Command::Classifier { common, eval_every } => digits::train_classifier(&common, &digits::DigitArgs { eval_every, augment: false }),
+        Command::Dann { common, pair, mode, eval_every, augment } => digits::train_dann(&common, &digits::DigitArgs { eval_every, augment: digits::Augment::from_list(&augment) }, pair, mode),
+        Command::Classifier { common, eval_every } => digits::train_classifier(&common, &digits::DigitArgs { eval_every, augment: digits::Augment::default() }),
         Command::Export { kind, checkpoint, output, meta } => export(kind, &checkpoint, &output, &meta),
         Command::Sample { checkpoint, out, grid, per_class, steps, guidance, batch, seed, device } => parse_device(&device)
             .and_then(|dev| ddpm::sample_folder(&checkpoint, &out, grid.as_deref(), per_class, steps, guidance, batch, seed, dev)),
