@@ -209,6 +209,9 @@ fn dann_augmentation_resumes_exactly_and_is_recorded() {
     assert!(x.tensors[w].data != y.tensors[w].data, "--augment trained the same weights as without it");
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("results.json")).unwrap()).unwrap();
     assert_eq!(r["augment"], serde_json::json!("colour,zoom"));
+    let pic = image::open(a.join("samples/augmented.png")).unwrap();
+    assert!(pic.width() > 100 && pic.height() > 2 * pic.width() / 16, "{}x{}", pic.width(), pic.height());
+    assert!(!plain.join("samples/augmented.png").exists());
 }
 
 #[test]

@@ -120,6 +120,22 @@ pub enum AugmentKind {
     Zoom,
 }
 
+/// `samples/augmented.png`: 16 training images per row pair, as loaded and as one augmented batch
+/// sees them (source rows first, then target rows), so a recipe's augmentation can be looked at.
+fn augmentation_picture(run: &RunDir, aug: Augment, labelled: &ImageSet, unlabelled: Option<&ImageSet>) -> Result<()> {
+    let idx: Vec<i64> = (0..16.min(labelled.len as i64)).collect();
+    let (x, _) = labelled.batch(&idx);
+    let mut rows = vec![x.shallow_clone(), aug.source(x)];
+    if let Some(u) = unlabelled {
+        let (xt, _) = u.batch(&(0..16.min(u.len as i64)).collect::<Vec<_>>());
+        rows.push(xt.shallow_clone());
+        rows.push(aug.target(xt));
+    }
+    let cols = idx.len();
+    crate::pictures_from(&Tensor::cat(&rows, 0), cols)?.save(run.root.join("samples").join("augmented.png"))?;
+    Ok(())
+}
+
 pub fn train_classifier(c: &Common, a: &DigitArgs) -> Result<()> {
     let dev = c.start()?;
     let dir = c.data_dir("data/hw2_data/digits/mnistm");
@@ -190,6 +206,9 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         b
     });
     let mut run = RunDir::create(&c.out, steps as u64, start as u64, kind)?;
+    if a.augment != Augment::default() {
+        augmentation_picture(&run, a.augment, labelled, unlabelled)?;
+    }
     let mut latest = Vec::new();
     let last = c.last_step(steps);
     let t0 = std::time::Instant::now();
