@@ -134,12 +134,17 @@ impl ImageSet {
 pub fn colour_augment(x: &Tensor) -> Tensor {
     let n = x.size()[0];
     let opts = (Kind::Float, x.device());
-    let luma = Tensor::from_slice(&[0.299f32, 0.587, 0.114]).to_device(x.device()).view([1, 3, 1, 1]);
-    let grey = (x * luma).sum_dim_intlist([1i64].as_slice(), true, Kind::Float).expand_as(x);
+    let grey = greyscale(x);
     let g = Tensor::rand([n, 1, 1, 1], opts).lt(0.5).to_kind(Kind::Float);
     let mixed = &grey * &g + x * (1.0 - &g);
     let sign = Tensor::rand([n, 1, 1, 1], opts).lt(0.5).to_kind(Kind::Float) * 2.0 - 1.0;
     mixed * sign
+}
+
+/// [N, 3, H, W] images as their ITU-R 601 luma, replicated to three channels.
+fn greyscale(x: &Tensor) -> Tensor {
+    let luma = Tensor::from_slice(&[0.299f32, 0.587, 0.114]).to_device(x.device()).view([1, 3, 1, 1]);
+    (x * luma).sum_dim_intlist([1i64].as_slice(), true, Kind::Float).expand_as(x)
 }
 
 /// Zoom augmentation of a batch, per image: a random square crop of side 28 / s, s uniform in
@@ -172,8 +177,7 @@ mod tests {
         let x = Tensor::rand([256, 3, 4, 4], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
         let y = colour_augment(&x);
         assert_eq!(y.size(), x.size());
-        let luma = Tensor::from_slice(&[0.299f32, 0.587, 0.114]).view([1, 3, 1, 1]);
-        let grey = (&x * luma).sum_dim_intlist([1i64].as_slice(), true, Kind::Float).expand_as(&x);
+        let grey = greyscale(&x);
         let mut seen = [0usize; 4];
         for i in 0..256 {
             let yi = y.get(i);

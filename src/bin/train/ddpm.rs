@@ -145,7 +145,7 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
     let steps = c.steps.unwrap_or(30_000);
     let batch = c.batch.unwrap_or(128);
     let mut ema = Ema::new(a.ema_beta, (steps / 10).min(2000));
-    let (start, resumed) = c.resume_into("ddpm", &mut p, &mut [("main", &mut opt)])?;
+    let (start, resumed) = c.resume_into("ddpm", &[], &mut p, &mut [("main", &mut opt)])?;
     for (k, v) in resumed {
         if let Some(n) = k.strip_prefix("ema.") {
             ema.shadow.insert(n.to_string(), v);

@@ -185,19 +185,8 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
     let mut opt = Adam::new(p.group(""), lr, (0.9, 0.999), 0.0);
     let steps = c.steps.unwrap_or(5000);
     let batch = c.batch.unwrap_or(128);
-    let (start, _) = c.resume_into(kind, &mut p, &mut [("main", &mut opt)])?;
-    if let Some(path) = c.resume.as_ref().filter(|_| start > 0) {
-        // A run resumed under another recipe would be neither (checkpoints from before --augment: none).
-        let ck = gradekit::checkpoint::safetensors::Checkpoint::read(path)?;
-        let theirs = match ck.meta("augment") {
-            None | Some("false") => "none",
-            Some("true") => "colour",
-            Some(v) => v,
-        };
-        if theirs != a.augment.name() {
-            anyhow::bail!("{} was trained with --augment {theirs}, this run asks for {}: resume it with the same recipe", path.display(), a.augment.name());
-        }
-    }
+    let augment = a.augment.name();
+    let (start, _) = c.resume_into(kind, &[("augment", &augment, "none")], &mut p, &mut [("main", &mut opt)])?;
     let mut src_batches = Batches::new(labelled.len, c.seed);
     src_batches.skip(start, batch);
     let mut tgt_batches = unlabelled.map(|u| {
@@ -279,7 +268,7 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         if (step + 1) % c.save_every == 0 || end {
             let mut tensors = p.named();
             tensors.extend(opt.state("main"));
-            let recipe = [("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string()), ("augment", a.augment.name())];
+            let recipe = [("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string()), ("augment", augment.clone())];
             ckpt::save(&run.checkpoint(), tensors, &meta(kind, step + 1, c.seed, &recipe))?;
             run.write_curves(kind)?;
         }
@@ -294,7 +283,7 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         "steps": steps,
         "batch": batch,
         "seed": c.seed,
-        "augment": a.augment.name(),
+        "augment": augment,
         "accuracy": latest.iter().map(|(k, v)| (k.clone(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
         "evaluated_on": evals.iter().map(|(k, s)| (k.to_string(), s.origin.clone())).collect::<std::collections::BTreeMap<_, _>>(),
     });

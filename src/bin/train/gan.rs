@@ -57,7 +57,7 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
     let mut opt_d = Adam::new(p.group("discriminator."), lr, betas, 0.0);
     let steps = c.steps.unwrap_or(if g.wgan { 20_000 } else { 10_000 });
     let batch = c.batch.unwrap_or(if g.wgan { 64 } else { 128 });
-    let (start, _) = c.resume_into(kind, &mut p, &mut [("g", &mut opt_g), ("d", &mut opt_d)])?;
+    let (start, _) = c.resume_into(kind, &[], &mut p, &mut [("g", &mut opt_g), ("d", &mut opt_d)])?;
     let inner = if g.wgan { g.critic_steps } else { 1 };
     let mut batches = Batches::new(data.len, c.seed);
     batches.skip(start * inner as i64, batch);

@@ -114,13 +114,21 @@ impl Common {
     }
 
     /// Loads `--resume` into the built model and optimisers; returns the step to continue from and
-    /// the checkpoint's tensors (for state kept elsewhere, such as EMA weights).
-    pub fn resume_into(&self, kind: &str, p: &mut ParamStore, opts: &mut [(&str, &mut Adam)]) -> Result<(i64, BTreeMap<String, Tensor>)> {
+    /// the checkpoint's tensors (for state kept elsewhere, such as EMA weights). `recipe` holds
+    /// (option, this run's value, the value of checkpoints written before the option existed): a
+    /// checkpoint recording another value is refused, since the resumed run would be neither recipe.
+    pub fn resume_into(&self, kind: &str, recipe: &[(&str, &str, &str)], p: &mut ParamStore, opts: &mut [(&str, &mut Adam)]) -> Result<(i64, BTreeMap<String, Tensor>)> {
         let Some(path) = &self.resume else { return Ok((0, BTreeMap::new())) };
         let (tensors, meta) = ckpt::load(path, p.device)?;
         let theirs = meta.get("kind").map(String::as_str).unwrap_or("?");
         if theirs != kind {
             bail!("{}: a `{theirs}` checkpoint cannot resume `train {kind}`", path.display());
+        }
+        for (option, ours, before) in recipe {
+            let theirs = meta.get(*option).map_or(*before, String::as_str);
+            if theirs != *ours {
+                bail!("{} was trained with --{option} {theirs}, this run asks for {ours}: resume it with the same recipe", path.display());
+            }
         }
         ckpt::restore(p, &tensors, path)?;
         let step: i64 = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
