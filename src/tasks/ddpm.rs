@@ -55,6 +55,34 @@ const REPLAN_OVER: f64 = 0.97;
 /// ...or less than this share (and the measured speed allows at least 10% more steps).
 const REPLAN_UNDER: f64 = 0.75;
 
+/// Where the first batch of a `--steps auto` run stands part-way through.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    elapsed: Duration,
+    steps_done: usize,
+    steps: usize,
+    n_batches: usize,
+    max_steps: usize,
+}
+
+impl Pace {
+    fn per_call(&self) -> Duration {
+        self.elapsed.div_f64(self.steps_done.max(1) as f64)
+    }
+
+    /// The step count to restart with when the measured pace says the run would overrun what is left of
+    /// the budget; `None` to carry on (on pace, or no smaller count would help: the deadline then decides).
+    fn replan(&self, left: Duration) -> Option<usize> {
+        let per_call = self.per_call().as_secs_f64().max(1e-9);
+        let rest = per_call * ((self.steps - self.steps_done) + self.steps * (self.n_batches - 1)) as f64;
+        if rest <= left.as_secs_f64() * REPLAN_OVER {
+            return None;
+        }
+        let better = ((left.as_secs_f64() * AIM / (self.n_batches as f64 * per_call)) as usize).min(self.max_steps);
+        (1..self.steps).contains(&better).then_some(better)
+    }
+}
+
 /// A noise model behind the contract, counting evaluations.
 pub struct NoiseEngine {
     engine: Box<dyn Engine>,
@@ -293,7 +321,18 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
             let mut frames: Vec<Vec<RgbImage>> = vec![vec![]; firsts.len()];
             let mut frame_t: Vec<usize> = vec![];
             let t_batch = Instant::now();
+            // With --steps auto the first batch also checks its pace part-way through: a run of one batch
+            // (or a machine that slowed down after the warm-up) would otherwise find out too late.
+            let pace_check = (auto && batch_no == 0 && replans.is_empty()).then(|| (visited.len() / 10).max(3)).filter(|&k| k < visited.len());
+            let mut pace_replan: Option<(Duration, usize)> = None;
             let mut observer = |ev: diffusion::StepEvent<'_>| -> Result<Control> {
+                if pace_check == Some(ev.step + 1) {
+                    let pace = Pace { elapsed: t_batch.elapsed(), steps_done: ev.step + 1, steps: visited.len(), n_batches, max_steps: t_total - 1 };
+                    if let Some(better) = pace.replan(deadline.remaining()) {
+                        pace_replan = Some((pace.per_call(), better));
+                        return Ok(Control::Stop);
+                    }
+                }
                 let rgb = |x: &[f32], off: usize| pictures::chw_to_rgb(&x[off * chw..(off + 1) * chw], size as u32, size as u32, diffusion::to_u8);
                 if !firsts.is_empty() {
                     // The state before the first step is t = 1000 (pure noise).
@@ -327,6 +366,20 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
                         let rgb = pictures::chw_to_rgb(img, size as u32, size as u32, diffusion::to_u8);
                         generated.push((format!("{d}_{:03}.png", k + 1), d as u8, rgb));
                     }
+                }
+                SampleOutcome::Stopped { steps_done, .. } if pace_replan.is_some() => {
+                    let (measured_call, better) = pace_replan.unwrap();
+                    replans.push(serde_json::json!({
+                        "after_steps_of_first_batch": steps_done,
+                        "after_batch_seconds": t_batch.elapsed().as_secs_f64(),
+                        "steps_before": steps,
+                        "steps_after": better,
+                        "why": "the first batch's pace said the run would overrun the budget",
+                        "warmup_seconds_per_call": per_call.as_secs_f64(),
+                        "measured_seconds_per_call": measured_call.as_secs_f64(),
+                    }));
+                    steps = better;
+                    continue 'attempt;
                 }
                 SampleOutcome::Stopped { steps_done, .. } => {
                     stopped = true;
@@ -484,3 +537,45 @@ fn fail_fast(mut report: Report, out: &OutputDir, opts: &RunOptions, why: String
     Ok(report)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(elapsed_s: f64, steps_done: usize, steps: usize, n_batches: usize) -> Pace {
+        Pace { elapsed: Duration::from_secs_f64(elapsed_s), steps_done, steps, n_batches, max_steps: 999 }
+    }
+
+    #[test]
+    fn a_run_on_pace_carries_on() {
+        // 0.01 s a step, 90 of 100 steps left in one batch: 0.9 s of the 2 s left.
+        assert_eq!(pace(0.1, 10, 100, 1).replan(Duration::from_secs(2)), None);
+    }
+
+    #[test]
+    fn a_single_batch_that_runs_slow_restarts_with_the_steps_that_fit() {
+        // The CI failure: 475 steps planned into ~7.8 s, the batch ran at 8/7 of the warm-up's speed.
+        let per_step = 8.0 / 475.0;
+        let p = pace(per_step * 47.0, 47, 475, 1);
+        let left = Duration::from_secs_f64(7.8 - per_step * 47.0);
+        let better = p.replan(left).expect("the overrun is caught part-way");
+        assert!(better < 475 && better >= 1);
+        // The new count fits AIM of what is left at the measured pace.
+        assert!(better as f64 * per_step <= left.as_secs_f64() * AIM + 1e-9);
+        assert!((better + 1) as f64 * per_step > left.as_secs_f64() * AIM);
+    }
+
+    #[test]
+    fn later_batches_count_in_the_projection() {
+        // On pace for one batch, but ten of them cannot fit.
+        let p = pace(0.5, 10, 100, 10);
+        assert_eq!(pace(0.5, 10, 100, 1).replan(Duration::from_secs(10)), None);
+        let better = p.replan(Duration::from_secs(10)).unwrap();
+        assert_eq!(better, (10.0 * AIM / (10.0 * 0.05)) as usize);
+    }
+
+    #[test]
+    fn no_restart_when_not_even_one_step_fits() {
+        assert_eq!(pace(10.0, 10, 100, 1).replan(Duration::from_millis(100)), None);
+    }
+}
