@@ -132,9 +132,9 @@ pub enum Command {
     },
     /// Grade a GAN generator: 1000 faces from seeded latents, FID/KID against the reference, face accuracy.
     Gan {
-        /// The generator (latent -> image), see graders/CONTRACT.md.
+        /// The generator (latent -> image), see graders/CONTRACT.md (default: the bundled face DCGAN, models/README.md).
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
         /// Reference faces: a folder, or a .npz from `grade fid-stats` (default from graders/gan.toml).
         #[arg(long)]
         reference: Option<PathBuf>,

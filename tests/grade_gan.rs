@@ -134,3 +134,34 @@ fn dlib_detector_without_the_feature_says_how_to_get_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--features dlib"));
 }
+
+#[test]
+fn gan_without_model_grades_the_specs_bundled_model_or_says_to_pass_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // A spec naming the fixture generator as its bundled model: `--model` may be left out.
+    let text = std::fs::read_to_string(small_spec(d, 12)).unwrap();
+    let text: String = text.lines().filter(|l| !l.trim_start().starts_with("model =")).collect::<Vec<_>>().join("\n");
+    let with = d.join("with-model.toml");
+    std::fs::write(&with, text.replacen("[data]", &format!("[data]\nmodel = {:?}", fixture("models/dcgan-w8.onnx").display().to_string()), 1)).unwrap();
+    grade(d)
+        .env("GRADEKIT_INCEPTION", "off")
+        .arg("gan")
+        .arg("--spec")
+        .arg(&with)
+        .args(["--backend", "tract", "--reference", "nowhere", "--out", "o"])
+        .assert()
+        .code(1);
+    let r = read_json(&d.join("o/report.json"));
+    assert_eq!(r["counts"]["images"], 12);
+    let model = r["inputs"]["model"].as_str().unwrap();
+    assert!(model.ends_with("dcgan-w8.onnx (bundled default)"), "{model}");
+
+    // Without a bundled model the error names the fix; nothing is generated.
+    let without = d.join("without-model.toml");
+    std::fs::write(&without, text).unwrap();
+    let out = grade(d).env("GRADEKIT_INCEPTION", "off").arg("gan").arg("--spec").arg(&without).args(["--out", "n"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --model G.onnx"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!d.join("n/images").exists());
+}

@@ -25,7 +25,8 @@ use crate::runtime::{self, Engine, Input, RuntimeOptions};
 use crate::spec::GraderSpec;
 
 pub struct GanArgs {
-    pub model: PathBuf,
+    /// None: the grader's bundled model (`[data] model` in graders/gan.toml).
+    pub model: Option<PathBuf>,
     /// A folder of reference faces, or a `.npz` of statistics from `grade fid-stats`.
     pub reference: Option<PathBuf>,
     pub inception: Option<PathBuf>,
@@ -174,11 +175,18 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
 
     // Before generating: a wrong installed model is an error the user should see at once.
     let inception = locate_inception(&args.inception)?;
-    let mut gen = Generator::open(&args.model, opts)?;
+    let (model, bundled) = match &args.model {
+        Some(m) => (m.clone(), false),
+        None => match spec.data.get("model").and_then(|v| v.as_str()) {
+            Some(m) => (super::rel_or_root(m), true),
+            None => bail!("grader {} has no bundled model: pass --model G.onnx", spec.name),
+        },
+    };
+    let mut gen = Generator::open(&model, opts)?;
     let out = opts.out_dir(&spec.name)?;
     let mut report = Report::new(&spec);
     report.engine = Some(gen.engine_info().clone());
-    report.inputs.insert("model".into(), args.model.display().to_string());
+    report.inputs.insert("model".into(), format!("{}{}", model.display(), if bundled { " (bundled default)" } else { "" }));
     report.inputs.insert("reference".into(), reference.display().to_string());
     report.inputs.insert("out".into(), out.root().display().to_string());
     for f in gen.contract.findings.iter().filter(|f| f.level != crate::onnx::contract::Level::Info) {
