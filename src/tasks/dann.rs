@@ -51,13 +51,7 @@ pub fn run(args: &DannArgs, opts: &RunOptions) -> Result<Report> {
     let size = spec.data_int("image_size")? as u32;
     let deadline = crate::budget::Deadline::start(opts.budget.unwrap_or(spec.budget()));
 
-    let (model, bundled) = match &args.model {
-        Some(m) => (m.clone(), false),
-        None => match spec.data.get("model").and_then(|v| v.as_str()) {
-            Some(m) => (super::rel_or_root(m), true),
-            None => anyhow::bail!("grader {} has no bundled model: pass --model MODEL.onnx", spec.name),
-        },
-    };
+    let (model, bundled) = super::given_or_bundled(&args.model, &spec, "MODEL.onnx")?;
     let t0 = Instant::now();
     let set = DigitSet::open(&data_dir, &split)?;
     let mut clf = Classifier::open(&model, &opts.meta, &opts.runtime, if opts.batch == 0 { 256 } else { opts.batch })?;
@@ -66,7 +60,7 @@ pub fn run(args: &DannArgs, opts: &RunOptions) -> Result<Report> {
 
     let mut report = Report::new(&spec);
     report.engine = Some(clf.engine.info().clone());
-    report.inputs.insert("model".into(), format!("{}{}", model.display(), if bundled { " (bundled default)" } else { "" }));
+    report.inputs.insert("model".into(), super::model_label(&model, bundled));
     report.inputs.insert("data".into(), data_dir.display().to_string());
     report.inputs.insert("split".into(), split.clone());
     report.inputs.insert("out".into(), out.root().display().to_string());

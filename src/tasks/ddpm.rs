@@ -202,9 +202,8 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
 
     let mut report = Report::new(&spec);
     report.engine = Some(noise.engine_info().clone());
-    let bundled = |given: &Option<PathBuf>| if given.is_none() { " (bundled default)" } else { "" };
-    report.inputs.insert("model".into(), format!("{}{}", model_path.display(), bundled(&args.model)));
-    report.inputs.insert("classifier".into(), format!("{} (judge){}", clf_path.display(), bundled(&args.classifier)));
+    report.inputs.insert("model".into(), super::model_label(&model_path, args.model.is_none()));
+    report.inputs.insert("classifier".into(), format!("{} (judge){}", clf_path.display(), if args.classifier.is_none() { " (bundled default)" } else { "" }));
     report.inputs.insert("out".into(), out.root().display().to_string());
     for f in noise.contract().findings.iter().filter(|f| f.level != crate::onnx::contract::Level::Info) {
         report.notes.push(f.message.clone());

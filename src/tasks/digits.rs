@@ -77,7 +77,7 @@ pub fn run(dir: &Path, classifier: &Path, bundled: bool, resize: bool, opts: &Ru
     let mut report = Report::new(&spec);
     report.engine = Some(clf.engine.info().clone());
     report.inputs.insert("folder".into(), dir.display().to_string());
-    report.inputs.insert("classifier".into(), format!("{}{}", classifier.display(), if bundled { " (bundled default)" } else { "" }));
+    report.inputs.insert("classifier".into(), super::model_label(classifier, bundled));
     report.accuracy_metric("accuracy", acc.correct, acc.total);
     report.counts.insert("images".into(), acc.total);
     report.counts.insert("correct".into(), acc.correct);

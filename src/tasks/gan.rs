@@ -175,18 +175,12 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
 
     // Before generating: a wrong installed model is an error the user should see at once.
     let inception = locate_inception(&args.inception)?;
-    let (model, bundled) = match &args.model {
-        Some(m) => (m.clone(), false),
-        None => match spec.data.get("model").and_then(|v| v.as_str()) {
-            Some(m) => (super::rel_or_root(m), true),
-            None => bail!("grader {} has no bundled model: pass --model G.onnx", spec.name),
-        },
-    };
+    let (model, bundled) = super::given_or_bundled(&args.model, &spec, "G.onnx")?;
     let mut gen = Generator::open(&model, opts)?;
     let out = opts.out_dir(&spec.name)?;
     let mut report = Report::new(&spec);
     report.engine = Some(gen.engine_info().clone());
-    report.inputs.insert("model".into(), format!("{}{}", model.display(), if bundled { " (bundled default)" } else { "" }));
+    report.inputs.insert("model".into(), super::model_label(&model, bundled));
     report.inputs.insert("reference".into(), reference.display().to_string());
     report.inputs.insert("out".into(), out.root().display().to_string());
     for f in gen.contract.findings.iter().filter(|f| f.level != crate::onnx::contract::Level::Info) {

@@ -60,6 +60,23 @@ pub fn parse_meta(pairs: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(m)
 }
 
+/// The model to grade: the one given, else the grader's bundled one (`[data] model` in its spec).
+/// Returns the path and whether it is the bundled default (reports say so).
+pub fn given_or_bundled(given: &Option<PathBuf>, spec: &crate::spec::GraderSpec, example: &str) -> Result<(PathBuf, bool)> {
+    match given {
+        Some(m) => Ok((m.clone(), false)),
+        None => match spec.data.get("model").and_then(|v| v.as_str()) {
+            Some(m) => Ok((rel_or_root(m), true)),
+            None => bail!("grader {} has no bundled model: pass --model {example}", spec.name),
+        },
+    }
+}
+
+/// The report's text for a model: its path, marked when it is the bundled default.
+pub fn model_label(path: &std::path::Path, bundled: bool) -> String {
+    format!("{}{}", path.display(), if bundled { " (bundled default)" } else { "" })
+}
+
 /// A bundled default named relative to the project (`models/...`): as given when it exists from the
 /// current folder, else from the source tree `grade` was built from (an installed binary run elsewhere).
 pub fn rel_or_root(p: &str) -> std::path::PathBuf {
