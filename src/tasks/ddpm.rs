@@ -73,14 +73,18 @@ impl Pace {
     /// The step count to restart with when the measured pace says the run would overrun what is left of
     /// the budget; `None` to carry on (on pace, or no smaller count would help: the deadline then decides).
     fn replan(&self, left: Duration) -> Option<usize> {
-        let per_call = self.per_call().as_secs_f64().max(1e-9);
-        let rest = per_call * ((self.steps - self.steps_done) + self.steps * (self.n_batches - 1)) as f64;
+        let rest = self.per_call().as_secs_f64() * ((self.steps - self.steps_done) + self.steps * (self.n_batches - 1)) as f64;
         if rest <= left.as_secs_f64() * REPLAN_OVER {
             return None;
         }
-        let better = ((left.as_secs_f64() * AIM / (self.n_batches as f64 * per_call)) as usize).min(self.max_steps);
+        let better = fit_steps(self.per_call(), left.mul_f64(AIM), self.n_batches, self.max_steps);
         (1..self.steps).contains(&better).then_some(better)
     }
+}
+
+/// The most steps whose calls (`per_call` each, one per batch and step) fit in `usable`.
+fn fit_steps(per_call: Duration, usable: Duration, n_batches: usize, max_steps: usize) -> usize {
+    ((usable.as_secs_f64() / (n_batches as f64 * per_call.as_secs_f64().max(1e-9))) as usize).min(max_steps)
 }
 
 /// A noise model behind the contract, counting evaluations.
@@ -254,9 +258,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let predict = |per_call: Duration, steps: usize| per_call.mul_f64((n_batches * steps) as f64);
     // Aim at 90% of what is left: the rest covers saving, scoring and a slower stretch.
     let usable = left.mul_f64(AIM);
-    let fitting = |per_call: Duration, usable: Duration| -> usize {
-        ((usable.as_secs_f64() / (n_batches as f64 * per_call.as_secs_f64().max(1e-9))) as usize).min(t_total - 1)
-    };
+    let fitting = |per_call: Duration, usable: Duration| fit_steps(per_call, usable, n_batches, t_total - 1);
     let auto = steps_arg == "auto" && sampler != SamplerArg::Ddpm;
     let mut steps = match (sampler, steps_arg.as_str()) {
         (SamplerArg::Ddpm, _) => t_total - 1,
@@ -535,7 +537,6 @@ fn fail_fast(mut report: Report, out: &OutputDir, opts: &RunOptions, why: String
     eprintln!("error: {why}");
     Ok(report)
 }
-
 
 #[cfg(test)]
 mod tests {
