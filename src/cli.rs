@@ -125,6 +125,10 @@ pub enum Command {
         /// Start even if the run is predicted to overrun the budget; stop at the budget with a partial report.
         #[arg(long)]
         keep_going: bool,
+        /// Real digits for the judge FID: an MNIST-M folder (data/*.png, train.csv, val.csv); default from
+        /// graders/ddpm.toml (data/hw2_data/digits/mnistm), skipped with a note when absent.
+        #[arg(long)]
+        reference: Option<PathBuf>,
         #[command(flatten)]
         runtime: RuntimeArgs,
         #[command(flatten)]

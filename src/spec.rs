@@ -18,6 +18,9 @@ pub struct GraderSpec {
     #[serde(default)]
     pub sampling: toml::Table,
     pub budget: Budget,
+    /// Sample-quality signals reported beside the verdict (ddpm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualitySpec>,
     #[serde(rename = "baseline", default)]
     pub baselines: Vec<Baseline>,
 }
@@ -26,6 +29,19 @@ pub struct GraderSpec {
 #[serde(deny_unknown_fields)]
 pub struct Budget {
     pub seconds: f64,
+}
+
+/// `[quality]`: what `grade ddpm` reports of the digits beyond the judge's accuracy
+/// (`metrics::digit_quality`). Informational: the verdict stays the judge's accuracy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualitySpec {
+    /// Roughness (mean |difference| of horizontal neighbours, 0-255 levels) above which a digit counts
+    /// as noise-corrupted.
+    pub noise_threshold: f64,
+    /// Real digits in the homework's layout (`data/*.png`, `train.csv`, `val.csv`) for the judge FID;
+    /// skipped with a note when the folder is absent.
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +95,11 @@ impl GraderSpec {
         let spec: GraderSpec = toml::from_str(text).with_context(|| format!("grader spec {origin} is invalid"))?;
         if !(spec.budget.seconds > 0.0 && spec.budget.seconds.is_finite()) {
             bail!("grader spec {origin}: budget.seconds must be positive");
+        }
+        if let Some(q) = &spec.quality {
+            if !(q.noise_threshold.is_finite() && (0.0..=255.0).contains(&q.noise_threshold)) {
+                bail!("grader spec {origin}: quality.noise_threshold must be in 0..=255");
+            }
         }
         Ok(spec)
     }
@@ -161,5 +182,9 @@ mod tests {
         assert!(GraderSpec::parse("name='x'\ntask='dann'\ntitle='t'\n[budget]\nseconds=0\n", "t").is_err());
         assert!(GraderSpec::parse("name='x'\ntask='dann'\ntitle='t'\nbogus=1\n[budget]\nseconds=1\n", "t").is_err());
         assert!(GraderSpec::builtin("nope").is_err());
+        let q = "name='x'\ntask='ddpm'\ntitle='t'\n[budget]\nseconds=1\n[quality]\nnoise_threshold=40\n";
+        assert_eq!(GraderSpec::parse(q, "t").unwrap().quality.unwrap().noise_threshold, 40.0);
+        assert!(GraderSpec::parse(&format!("{q}bogus=1\n"), "t").is_err(), "a stray key in [quality]");
+        assert!(GraderSpec::parse(&q.replace("=40", "=300"), "t").is_err());
     }
 }

@@ -348,3 +348,73 @@ fn batches_spanning_digits_give_the_same_digits_and_process_figure() {
         assert_eq!(other.3["counts"]["noise_model_evaluations"], within.3["counts"]["noise_model_evaluations"]);
     }
 }
+
+/// Real MNIST-M digits, one per class (the first of each in train.csv), as [-1, 1] CHW targets, plus
+/// seeded colour noise of amplitude `noise` on top.
+fn real_targets(noise: f32) -> Vec<Vec<f32>> {
+    use rand::{Rng, SeedableRng};
+    let root = common::root().join("data/hw2_data/digits/mnistm");
+    let csv = std::fs::read_to_string(root.join("train.csv")).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    (0..10u8)
+        .map(|d| {
+            let name = csv.lines().skip(1).find(|l| l.ends_with(&format!(",{d}"))).unwrap().split(',').next().unwrap().to_string();
+            let img = image::open(root.join("data").join(name)).unwrap().to_rgb8();
+            let mut v = vec![0f32; 3 * 784];
+            gradekit::data::images::to_chw(&img, &[0.5; 3], &[0.5; 3], &mut v);
+            for x in &mut v {
+                *x += noise * rng.random_range(-1.0f32..1.0);
+            }
+            v
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs the real MNIST-M digits in data/hw2_data (scripts/setup.sh unpacks them)"]
+fn noise_corrupted_digits_the_judge_reads_are_caught_by_the_quality_signals() {
+    // Two oracle noise models land on real MNIST-M digits, one of them under strong colour noise. The
+    // bundled judge reads both: accuracy alone passes the noisy one. The noise fraction and the judge FID
+    // must tell them apart, and the report must say so.
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = small_spec(tmp.path(), 20);
+    let mut reports = vec![];
+    for (name, noise) in [("clean", 0.0f32), ("noisy", 0.7)] {
+        let model = tmp.path().join(format!("{name}.onnx"));
+        gradekit::onnx::writer::save(&gradekit::fixtures::oracle_noise_model(&real_targets(noise)), &model).unwrap();
+        grade(tmp.path())
+            .arg("ddpm")
+            .arg("--model")
+            .arg(&model)
+            .arg("--spec")
+            .arg(&spec)
+            .arg("--reference")
+            .arg(common::root().join("data/hw2_data/digits/mnistm"))
+            .args(["--sampler", "ddim", "--steps", "10", "--out", name])
+            .assert()
+            .code(predicates::function::function(|c: &i32| *c == 0 || *c == 1));
+        reports.push(read_json(&tmp.path().join(name).join("report.json")));
+    }
+    let metric = |r: &serde_json::Value, m: &str| r["metrics"].as_array().unwrap().iter().find(|x| x["name"] == m).unwrap()["value"].as_f64().unwrap();
+    let (clean, noisy) = (&reports[0], &reports[1]);
+    println!(
+        "clean: accuracy {} noise {} judge FID {}; noisy: accuracy {} noise {} judge FID {}",
+        metric(clean, "accuracy"), metric(clean, "noise_fraction"), metric(clean, "judge_fid"),
+        metric(noisy, "accuracy"), metric(noisy, "noise_fraction"), metric(noisy, "judge_fid")
+    );
+    // The judge reads both sets: by accuracy alone the noisy model passes.
+    assert!(metric(noisy, "accuracy") >= 0.88, "the judge should still read the noisy digits");
+    assert_eq!(noisy["status"], "passed");
+    // The noise fraction sees it.
+    assert_eq!(metric(clean, "noise_fraction"), 0.0);
+    assert_eq!(metric(noisy, "noise_fraction"), 1.0);
+    assert!(tmp.path().join("noisy/noisy.png").is_file() && !tmp.path().join("clean/noisy.png").exists());
+    let notes = noisy["notes"].to_string();
+    assert!(notes.contains("noise-corrupted") && notes.contains("noisy.png"), "{notes}");
+    // So does the judge FID: far above the clean model's and the real-data floor.
+    let floor = noisy["details"]["quality"]["judge_fid"]["overall"]["floor"].as_f64().unwrap();
+    assert!(metric(noisy, "judge_fid") > 2.0 * metric(clean, "judge_fid"), "judge FID does not separate them");
+    assert!(metric(noisy, "judge_fid") > 5.0 * floor);
+    assert!(noisy["details"]["quality"]["real_noise_fraction"].as_f64().unwrap() < 0.01);
+}

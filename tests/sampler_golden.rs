@@ -1,7 +1,11 @@
 //! Golden tests: the grader's DDIM and DPM-Solver++(2M) steps equal those of diffusers'
 //! `DDIMScheduler` and `DPMSolverMultistepScheduler` (scripts/reference/sampler_golden.py, diffusers
 //! from PyPI in the test venv), on the same timesteps and starting state, with a synthetic noise
-//! function in place of a model, for several step counts, with and without x0 clipping.
+//! function in place of a model, for several step counts: DDIM with and without x0 clipping as diffusers
+//! ships it (`clip_sample`, `use_clipped_model_output` left at its default False), DPM-Solver++ in
+//! diffusers' default configuration (no thresholding). The grader's clipped DPM-Solver++ projects the
+//! state onto the clipped x0, which diffusers has no setting for: src/diffusion/tests.rs checks it
+//! reduces to this clipped DDIM at first order and carries none of the clipped excess.
 
 mod common;
 
@@ -138,10 +142,8 @@ fn dpm_solver_steps_equal_diffusers_dpm_solver_multistep() {
     let x = start_state(labels.len() * SHAPE.iter().product::<usize>());
     let mut cases = vec![];
     for steps in [1, 2, 3, 5, 6, 7, 10, 20, 30, 100] {
-        for clip in [false, true] {
-            for guidance in [1.0, 3.0] {
-                cases.push((steps, clip, guidance));
-            }
+        for guidance in [1.0, 3.0] {
+            cases.push((steps, false, guidance));
         }
     }
     // diffusers picks its default timesteps ("linspace" spacing); the grader must pick the same.
@@ -163,12 +165,12 @@ fn dpm_solver_on_custom_timesteps_equals_diffusers() {
     let cases: Vec<usize> = vec![4, 12, 25];
     let jobs: Vec<_> = cases
         .iter()
-        .map(|&n| job("dpm", n, &timesteps(SamplerKind::Ddim { eta: 0.0 }, n, 1000).unwrap(), true, 3.0, &labels, &x))
+        .map(|&n| job("dpm", n, &timesteps(SamplerKind::Ddim { eta: 0.0 }, n, 1000).unwrap(), false, 3.0, &labels, &x))
         .collect();
     for (&n, golden) in cases.iter().zip(diffusers(&jobs)) {
         let ts = timesteps(SamplerKind::Ddim { eta: 0.0 }, n, 1000).unwrap();
         assert_eq!(golden.timesteps, ts);
-        let mine = ours(SamplerKind::DpmSolver2M, &ts, true, 3.0, &labels, &x);
+        let mine = ours(SamplerKind::DpmSolver2M, &ts, false, 3.0, &labels, &x);
         compare(&format!("DPM-Solver++ on {n} custom timesteps"), &mine, &golden);
     }
 }
@@ -179,9 +181,9 @@ fn clipping_changes_the_trajectory_here() {
     // or the clip=true cases would prove nothing beyond the clip=false ones.
     let labels = [3i64, 7];
     let x = start_state(labels.len() * SHAPE.iter().product::<usize>());
-    let ts = timesteps(SamplerKind::DpmSolver2M, 10, 1000).unwrap();
-    let a = ours(SamplerKind::DpmSolver2M, &ts, false, 3.0, &labels, &x);
-    let b = ours(SamplerKind::DpmSolver2M, &ts, true, 3.0, &labels, &x);
+    let ts = timesteps(SamplerKind::Ddim { eta: 0.0 }, 10, 1000).unwrap();
+    let a = ours(SamplerKind::Ddim { eta: 0.0 }, &ts, false, 3.0, &labels, &x);
+    let b = ours(SamplerKind::Ddim { eta: 0.0 }, &ts, true, 3.0, &labels, &x);
     let d = a.last().unwrap().iter().zip(b.last().unwrap()).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
     assert!(d > 0.1, "clipping made no difference ({d})");
 }

@@ -146,6 +146,27 @@ fn ddpm_trains_keeps_ema_weights_and_exports_a_noise_model() {
 }
 
 #[test]
+fn ddpm_resumes_exactly() {
+    // N steps then --resume for M more equals N + M straight, bit for bit: the UNet's weights, its EMA
+    // copy and AdamW's moments and step count (label dropout and timesteps are drawn per step).
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::fixture("digits/mnistm");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let common = ["--data", p(&data), "--width", "8", "--batch", "6", "--seed", "5", "--sample-steps", "2", "--save-every", "2", "--ema", "0.9"];
+    ok(&[&["ddpm", "--out", p(&a), "--steps", "5"][..], &common].concat());
+    ok(&[&["ddpm", "--out", p(&b), "--steps", "5", "--stop-at", "2"][..], &common].concat());
+    let ck = b.join("checkpoint.safetensors");
+    assert_eq!(Checkpoint::read(&ck).unwrap().meta("step"), Some("2"));
+    ok(&[&["ddpm", "--out", p(&b), "--steps", "5", "--resume", p(&ck)][..], &common].concat());
+    let straight = Checkpoint::read(&a.join("checkpoint.safetensors")).unwrap();
+    assert!(straight.tensors.keys().any(|k| k.starts_with("ema.")) && straight.tensors.keys().any(|k| k.starts_with("optim.")));
+    assert_same_tensors(&a.join("checkpoint.safetensors"), &ck, |_| true);
+    assert_eq!(Checkpoint::read(&ck).unwrap().meta("step"), Some("5"));
+    // The resumed run's losses continue the straight run's.
+    assert_eq!(losses(&a, "mse")[2..], losses(&b, "mse")[..], "resumed losses differ");
+}
+
+#[test]
 fn max_time_stops_with_a_checkpoint_that_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::fixture("digits/mnistm");

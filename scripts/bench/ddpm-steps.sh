@@ -5,7 +5,9 @@
 #
 #   bash scripts/bench/ddpm-steps.sh MODEL.onnx JUDGE.onnx [OUT_DIR] 
 #   env: GRADE (default target/release/grade), PER_CLASS (20), STEPS ("5 10 15 20 30"),
-#        SAMPLERS ("dpm-solver ddim"), BACKEND (ort)
+#        SAMPLERS ("dpm-solver ddim"; a ":noclip" suffix, e.g. "ddim:noclip", turns x0 clipping off),
+#        BACKEND (ort)
+# Each row also gives the noise-corrupted share of the images and the judge FID (graders/ddpm.toml [quality]).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL=${1:?usage: ddpm-steps.sh MODEL.onnx JUDGE.onnx [OUT_DIR]}
@@ -19,19 +21,24 @@ BACKEND=${BACKEND:-ort}
 mkdir -p "$OUT"
 SPEC="$OUT/ddpm-$PER_CLASS.toml"
 sed "s/^images_per_class = .*/images_per_class = $PER_CLASS/" graders/ddpm.toml > "$SPEC"
-echo "| sampler | steps | accuracy ($((PER_CLASS * 10)) images) | noise-model evaluations/s | generate s |" > "$OUT/table.md"
-echo "|---|---|---|---|---|" >> "$OUT/table.md"
-for s in $SAMPLERS; do
+echo "| sampler | clip | steps | accuracy ($((PER_CLASS * 10)) images) | noise-corrupted | judge FID | noise-model evaluations/s | generate s |" > "$OUT/table.md"
+echo "|---|---|---|---|---|---|---|---|" >> "$OUT/table.md"
+for entry in $SAMPLERS; do
+  s=${entry%%:*}
+  clip=()
+  [ "$entry" != "${entry%:noclip}" ] && clip=(--no-clip)
   for n in $STEPS; do
-    dir="$OUT/$s-$n"
-    "$GRADE" ddpm --model "$MODEL" --classifier "$JUDGE" --spec "$SPEC" --sampler "$s" --steps "$n" \
+    dir="$OUT/${entry/:/-}-$n"
+    "$GRADE" ddpm --model "$MODEL" --classifier "$JUDGE" --spec "$SPEC" --sampler "$s" --steps "$n" "${clip[@]}" \
       --backend "$BACKEND" --budget 3h --out "$dir" --force --quiet >/dev/null || true
     python3 - "$dir/report.json" "$s" "$n" >> "$OUT/table.md" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-acc = next(m["value"] for m in r["metrics"] if m["name"] == "accuracy")
+m = {x["name"]: x["value"] for x in r["metrics"]}
 t = r["timings"]
-print(f"| {r['details']['sampler']} | {sys.argv[3]} | {acc:.3f} | {t['evaluations_per_second']:.1f} | {t['generate']:.0f} |")
+fid = m.get("judge_fid")
+print(f"| {r['details']['sampler']} | {'on' if r['details']['clip_x0'] else 'off'} | {sys.argv[3]} | {m['accuracy']:.3f} | "
+      f"{m.get('noise_fraction', float('nan')):.3f} | {'-' if fid is None else f'{fid:.2f}'} | {t['evaluations_per_second']:.1f} | {t['generate']:.0f} |")
 PY
     tail -1 "$OUT/table.md"
   done

@@ -33,10 +33,10 @@ fn run(cli: Cli) -> Result<i32> {
             let args = tasks::dann::DannArgs { pair, model, data, split, resize, spec: output.spec.clone() };
             Ok(tasks::dann::run(&args, &opts)?.exit_code())
         }
-        Command::Ddpm { model, classifier, sampler, steps, guidance, eta, clip, no_clip, seed, keep_going, runtime, output } => {
+        Command::Ddpm { model, classifier, sampler, steps, guidance, eta, clip, no_clip, seed, keep_going, reference, runtime, output } => {
             let opts = run_options(Some(&runtime), &output)?;
             let clip = if no_clip { Some(false) } else if clip { Some(true) } else { None };
-            let args = tasks::ddpm::DdpmArgs { model, classifier, sampler, steps, guidance, eta, clip, seed, keep_going, spec: output.spec.clone() };
+            let args = tasks::ddpm::DdpmArgs { model, classifier, sampler, steps, guidance, eta, clip, seed, keep_going, spec: output.spec.clone(), reference };
             Ok(tasks::ddpm::run(&args, &opts)?.exit_code())
         }
         Command::Gan { model, reference, inception, seed, detector, runtime, output } => {

@@ -62,7 +62,13 @@ pub struct SampleConfig {
     pub guidance: f64,
     /// Label value the model was trained to read as "no class".
     pub null_label: i64,
-    /// Clamp the predicted x0 to [-1, 1] at every step (and make eps consistent with it).
+    /// Clamp the predicted x0 to [-1, 1] at every step. The model's eps is kept and the state the update
+    /// starts from is projected onto the clipped x0 (`alpha_t x0 + sigma_t eps`), so nothing clipping
+    /// removed is carried into the next state. For DDIM this is exactly diffusers' default
+    /// (`clip_sample=True`, `use_clipped_model_output=False`); DPM-Solver++(2M) then reduces to that DDIM
+    /// at first order. The earlier form (eps re-derived from the clipped x0, as diffusers'
+    /// `use_clipped_model_output=True` and DPM-Solver's `thresholding`) fed the clipped excess back into
+    /// x_t as if it were noise and left a third of a real model's digits in saturated colour noise.
     pub clip_x0: bool,
     pub seed: u64,
     /// Global index of the first image of this batch: image `i` of the batch uses noise
@@ -282,49 +288,64 @@ fn run(
         let t_next = if last { 0 } else { ts[k + 1] };
         let ab_t = abs[t];
 
-        let mut eps = guided_eps(model, &x, [batch, c, h, w], t, labels, cfg).with_context(at)?;
-        if cfg.clip_x0 {
-            clip_via_x0(&x, &mut eps, ab_t);
-        }
+        let eps = guided_eps(model, &x, [batch, c, h, w], t, labels, cfg).with_context(at)?;
+        let (alpha_t, sigma_t) = (ab_t.sqrt(), (1.0 - ab_t).sqrt());
+        // The data prediction, clamped when clipping is on.
+        let x0: Vec<f64> = x
+            .iter()
+            .zip(&eps)
+            .map(|(&xv, &e)| {
+                let v = (f64::from(xv) - sigma_t * e) / alpha_t;
+                if cfg.clip_x0 {
+                    v.clamp(-1.0, 1.0)
+                } else {
+                    v
+                }
+            })
+            .collect();
+        // The state the update starts from. With clipping it is projected onto the clipped x0 and the
+        // model's own eps (x_t' = alpha_t x0_clipped + sigma_t eps): the part of x_t that clipping took
+        // out of x0 is dropped instead of being carried into the next state, where the model would read
+        // it as noise it never put there (see `clip_x0`).
+        let projected: Option<Vec<f64>> = cfg
+            .clip_x0
+            .then(|| x0.iter().zip(&eps).map(|(&v, &e)| alpha_t * v + sigma_t * e).collect());
+        let state = |k: usize| projected.as_ref().map_or(f64::from(x[k]), |p| p[k]);
 
-        // DDPM and DDIM: x_next = a * x + b * eps + sigma * z, per element.
-        let linear = match cfg.kind {
+        match cfg.kind {
             SamplerKind::Ddpm => {
+                // dome272: x_{t-1} = (x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t) + sigma z, with no
+                // noise on the step that produces x_0 (t == 1).
                 let coef = 1.0 / alphas[t].sqrt();
-                // dome272 adds no noise on the step that produces x_0 (t == 1).
+                let b = -coef * betas[t] / sigma_t;
                 let sigma = if t > 1 { betas[t].sqrt() } else { 0.0 };
-                Some((coef, -coef * betas[t] / (1.0 - ab_t).sqrt(), sigma))
-            }
-            SamplerKind::Ddim { eta } => {
-                // The last step jumps to alpha_bar = 1, i.e. returns the x0 prediction.
-                let ab_prev = if last { 1.0 } else { abs[t_next] };
-                let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_prev).sqrt();
-                let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
-                // sqrt(ab_prev) * x0 + dir * eps with x0 = (x - sqrt(1-ab_t) eps) / sqrt(ab_t).
-                let r = (ab_prev / ab_t).sqrt();
-                Some((r, dir - r * (1.0 - ab_t).sqrt(), sigma))
-            }
-            SamplerKind::DpmSolver2M => None,
-        };
-        match linear {
-            Some((a, b, sigma)) => {
                 // Draw only when noise is added; the decision depends on t alone, so every image's
                 // stream advances identically whatever the batch split.
                 if sigma > 0.0 {
                     fill_normal(&mut rngs, &mut z, chw);
                 }
-                for (((o, &xv), &e), &zv) in next.iter_mut().zip(&x).zip(&eps).zip(&z) {
-                    let noise = if sigma > 0.0 { sigma * zv as f64 } else { 0.0 };
-                    *o = (a * xv as f64 + b * e + noise) as f32;
+                for (k, o) in next.iter_mut().enumerate() {
+                    let noise = if sigma > 0.0 { sigma * f64::from(z[k]) } else { 0.0 };
+                    *o = (coef * state(k) + b * eps[k] + noise) as f32;
                 }
             }
-            None => {
-                let (alpha_t, sigma_t) = (ab_t.sqrt(), (1.0 - ab_t).sqrt());
-                let x0: Vec<f64> = x
-                    .iter()
-                    .zip(&eps)
-                    .map(|(&xv, &e)| (f64::from(xv) - sigma_t * e) / alpha_t)
-                    .collect();
+            SamplerKind::Ddim { eta } => {
+                // diffusers' DDIMScheduler.step: sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z,
+                // with the model's eps in the direction term (its default use_clipped_model_output=False).
+                // The last step jumps to alpha_bar = 1, i.e. returns the x0 prediction.
+                let ab_prev = if last { 1.0 } else { abs[t_next] };
+                let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt() * (1.0 - ab_t / ab_prev).sqrt();
+                let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
+                let sa_prev = ab_prev.sqrt();
+                if sigma > 0.0 {
+                    fill_normal(&mut rngs, &mut z, chw);
+                }
+                for (k, o) in next.iter_mut().enumerate() {
+                    let noise = if sigma > 0.0 { sigma * f64::from(z[k]) } else { 0.0 };
+                    *o = (sa_prev * x0[k] + dir * eps[k] + noise) as f32;
+                }
+            }
+            SamplerKind::DpmSolver2M => {
                 let lambda_t = (alpha_t / sigma_t).ln();
                 if last {
                     // The final step goes to sigma = 0: its first-order update is the x0 prediction.
@@ -339,12 +360,12 @@ fn run(
                     // Second order after the first step (the midpoint form): x0 + (x0 - x0_prev) / (2 r),
                     // r = h_prev / h; first order (x0 alone) on the first.
                     let prev = history.as_ref().map(|p| (0.5 * h / (lambda_t - p.lambda), &p.x0));
-                    for (k, (o, &xv)) in next.iter_mut().zip(&x).enumerate() {
+                    for (k, o) in next.iter_mut().enumerate() {
                         let d = match prev {
                             Some((half_over_r, x0_prev)) => x0[k] + half_over_r * (x0[k] - x0_prev[k]),
                             None => x0[k],
                         };
-                        *o = (ratio * f64::from(xv) + coef * d) as f32;
+                        *o = (ratio * state(k) + coef * d) as f32;
                     }
                 }
                 history = Some(History { x0, lambda: lambda_t });
@@ -526,15 +547,4 @@ fn call_model(
         );
     }
     Ok(out)
-}
-
-/// Clamp the implied x0 to [-1, 1], then rewrite eps so that (x0, eps) still reproduce x_t
-/// exactly. Both samplers then use the adjusted eps, so clipping means the same for both.
-fn clip_via_x0(x: &[f32], eps: &mut [f64], ab_t: f64) {
-    let (sa, s1a) = (ab_t.sqrt(), (1.0 - ab_t).sqrt());
-    for (e, &xv) in eps.iter_mut().zip(x) {
-        let xv = f64::from(xv);
-        let x0 = ((xv - s1a * *e) / sa).clamp(-1.0, 1.0);
-        *e = (xv - sa * x0) / s1a;
-    }
 }

@@ -1,11 +1,13 @@
 //! Scores: classification accuracy, FID and KID (with pytorch-fid's Inception features), face accuracy.
 
 pub mod accuracy;
+pub mod digit_quality;
 pub mod faces;
 pub mod fid;
 pub mod fid_bootstrap;
 pub mod inception;
 pub mod interval;
+pub mod judge_features;
 pub mod kid;
 mod linalg;
 pub mod npz;

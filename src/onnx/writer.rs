@@ -89,7 +89,7 @@ pub struct GraphBuilder {
     counter: usize,
 }
 
-fn value_info(name: &str, elem: Elem, dims: &[Dim]) -> pb::ValueInfoProto {
+pub(crate) fn value_info(name: &str, elem: Elem, dims: &[Dim]) -> pb::ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| pb::tensor_shape_proto::Dimension {

@@ -95,7 +95,7 @@ impl Report {
             simple: b.as_ref().map(|b| b.simple),
             strong: b.as_ref().and_then(|b| b.strong),
             // Without a baseline, the metric's own nature: distances between distributions are better low.
-            higher_is_better: b.as_ref().map(|b| b.higher_is_better).unwrap_or(!matches!(name, "fid" | "kid")),
+            higher_is_better: b.as_ref().map(|b| b.higher_is_better).unwrap_or(!matches!(name, "fid" | "kid" | "judge_fid" | "noise_fraction")),
             verdict: b.map(|b| b.verdict(value)),
             interval: None,
             within_noise_of: vec![],

@@ -42,6 +42,8 @@ pub struct DdpmArgs {
     /// Start even when the estimate says the run cannot fit; stop at the budget with a partial report.
     pub keep_going: bool,
     pub spec: Option<PathBuf>,
+    /// Real digits for the judge FID (`None`: the spec's `[quality] reference`, skipped when absent).
+    pub reference: Option<PathBuf>,
 }
 
 /// The timesteps shown in the reverse-process figure (1-based, as in the seed report), and the
@@ -506,6 +508,9 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         m.insert("per_digit_accuracy".into(), serde_json::json!(acc.per_class));
         m.insert("confusion".into(), serde_json::json!(acc.confusion));
     }
+    let t_quality = Instant::now();
+    super::ddpm_quality::assess(&spec, args.reference.as_deref(), &generated, &clf_path, opts, &mut report, &out)?;
+    report.timings.insert("quality".into(), t_quality.elapsed().as_secs_f64());
     report.settle();
     report.write_all(&out, &opts.extra)?;
     if !opts.quiet {
@@ -520,7 +525,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         for (d, a) in acc.per_class.iter().enumerate() {
             println!("  digit {d}: {}", a.map(|a| format!("{a:.3}")).unwrap_or_else(|| "-".into()));
         }
-        println!("wrote {} (images/, grid.png, process.png, report.json, junit.xml, summary.md)", out.root().display());
+        println!("wrote {} (images/, grid.png, process.png, noisy.png if any, report.json, junit.xml, summary.md)", out.root().display());
     }
     Ok(report)
 }

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod csv_grade;
 pub mod dann;
 pub mod ddpm;
+pub mod ddpm_quality;
 pub mod digits;
 pub mod gan;
 

@@ -5,6 +5,7 @@
 //! and export.
 
 use anyhow::Result;
+use gradekit::diffusion::{self, Control, NoiseModel, SampleConfig, SamplerKind, Schedule};
 use gradekit::nn::unet;
 use tch::{Device, Kind, Tensor};
 
@@ -12,7 +13,7 @@ use crate::data::{digit_split, Batches};
 use crate::optim::{Adam, Ema};
 use crate::run::{meta, RunDir};
 use crate::tch_ops::{Init, ParamStore, TchOps, Tt};
-use crate::{ckpt, images_from, pictures_from, Common};
+use crate::{ckpt, Common};
 
 pub struct DdpmArgs {
     pub width: usize,
@@ -47,41 +48,54 @@ fn unet_store(dev: Device, width: usize) -> Result<ParamStore> {
     Ok(p)
 }
 
-/// DDIM (eta = 0) sampling with classifier-free guidance `w` for the given labels.
-pub fn ddim(p: &mut ParamStore, width: usize, labels: &Tensor, steps: usize, w: f64, dev: Device) -> Result<Tensor> {
-    tch::no_grad(|| {
-        let ab = alpha_bar(dev)?;
-        let n = labels.size()[0];
-        let null = Tensor::full([n], unet::NUM_CLASSES as i64, (Kind::Int64, dev));
-        let mut x = Tensor::randn([n, 3, 28, 28], (Kind::Float, dev));
-        let ts: Vec<i64> = (0..steps).map(|k| (T - 1) - k as i64 * (T - 1) / steps as i64).collect();
-        for (k, &t) in ts.iter().enumerate() {
-            let tt = Tensor::full([n], t, (Kind::Int64, dev));
-            let cond = noise_model(p, &x, &tt, labels, width, false)?;
-            let eps = if (w - 1.0).abs() > 1e-9 {
-                let unc = noise_model(p, &x, &tt, &null, width, false)?;
-                &unc + (&cond - &unc) * w
-            } else {
-                cond
-            };
-            let a = ab.get(t);
-            let x0 = ((&x - (-&a + 1.0).sqrt() * &eps) / a.sqrt()).clamp(-1.0, 1.0);
-            x = match ts.get(k + 1) {
-                Some(&tp) => {
-                    let ap = ab.get(tp);
-                    ap.sqrt() * &x0 + (-&ap + 1.0).sqrt() * &eps
-                }
-                None => x0,
-            };
-        }
-        Ok(x)
-    })
+/// The UNet run by libtorch behind the grader's `NoiseModel` trait: `train sample` and the training
+/// previews step with the very sampler `grade ddpm` uses (`gradekit::diffusion`), so the two cannot drift
+/// apart (they did: the grader's clipping once differed from this file's own DDIM).
+struct TchNoise<'a> {
+    p: &'a mut ParamStore,
+    width: usize,
+    dev: Device,
+}
+
+impl NoiseModel for TchNoise<'_> {
+    fn predict(&mut self, x: &[f32], shape: [usize; 4], t: &[i64], labels: &[i64]) -> Result<Vec<f32>> {
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let xt = Tensor::from_slice(x).view(dims.as_slice()).to_device(self.dev);
+        let tt = Tensor::from_slice(t).to_device(self.dev);
+        let yt = Tensor::from_slice(labels).to_device(self.dev);
+        let out = tch::no_grad(|| noise_model(self.p, &xt, &tt, &yt, self.width, false))?;
+        Ok(ckpt::to_vec(&out).1)
+    }
+}
+
+/// DDIM (eta = 0, x0 clipped as diffusers does by default) with classifier-free guidance `w`: images
+/// `first_image..` of a seeded job, one noise stream per image as in `grade ddpm`. Returns [N, 3, 28, 28]
+/// values in [-1, 1].
+#[allow(clippy::too_many_arguments)]
+pub fn ddim(p: &mut ParamStore, width: usize, labels: &[i64], steps: usize, w: f64, seed: u64, first_image: u64, dev: Device) -> Result<Vec<f32>> {
+    let schedule = Schedule::new("linear", 1e-4, 0.02, T as usize)?;
+    let cfg = SampleConfig {
+        kind: SamplerKind::Ddim { eta: 0.0 },
+        steps,
+        guidance: w,
+        null_label: unet::NUM_CLASSES as i64,
+        clip_x0: true,
+        seed,
+        first_image,
+    };
+    let mut model = TchNoise { p, width, dev };
+    diffusion::sample(&mut model, &schedule, &cfg, labels, [3, 28, 28], &mut |_| Ok(Control::Continue))?.finished()
+}
+
+fn to_images(x: &[f32]) -> Vec<image::RgbImage> {
+    x.chunks(3 * 28 * 28).map(|c| gradekit::pictures::chw_to_rgb(c, 28, 28, diffusion::to_u8)).collect()
 }
 
 /// A preview grid: one image per digit per row.
-pub fn preview(p: &mut ParamStore, width: usize, rows: i64, steps: usize, w: f64, dev: Device) -> Result<Tensor> {
-    let labels = Tensor::arange(10, (Kind::Int64, dev)).repeat([rows]);
-    ddim(p, width, &labels, steps, w, dev)
+pub fn preview(p: &mut ParamStore, width: usize, rows: usize, steps: usize, w: f64, seed: u64, dev: Device) -> Result<image::RgbImage> {
+    let labels: Vec<i64> = (0..rows).flat_map(|_| 0..10).collect();
+    let x = ddim(p, width, &labels, steps, w, seed, 0, dev)?;
+    Ok(gradekit::pictures::grid(&to_images(&x), 10, 2, 3))
 }
 
 /// `train sample`: the course's output folder (`0_001.png` ... `9_100.png`) from a checkpoint's EMA
@@ -98,14 +112,13 @@ pub fn sample_folder(ckpt_path: &std::path::Path, out: &std::path::Path, grid: O
         .collect();
     ckpt::restore(&mut p, &src, ckpt_path)?;
     std::fs::create_dir_all(out)?;
-    tch::manual_seed(seed as i64);
     let labels: Vec<i64> = (0..10).flat_map(|d| std::iter::repeat_n(d, per_class)).collect();
     let pb = gradekit::progress::bar(labels.len() as u64, "sampling");
     let mut first = Vec::new();
     for (b, chunk) in labels.chunks(batch.max(1)).enumerate() {
-        let l = Tensor::from_slice(chunk).to_device(dev);
-        let x = ddim(&mut p, width, &l, steps, w, dev)?;
-        for (i, (&d, img)) in chunk.iter().zip(images_from(&x)).enumerate() {
+        let first_image = (b * batch.max(1)) as u64;
+        let x = ddim(&mut p, width, chunk, steps, w, seed, first_image, dev)?;
+        for (i, (&d, img)) in chunk.iter().zip(to_images(&x)).enumerate() {
             let k = b * batch + i - d as usize * per_class + 1;
             img.save(out.join(format!("{d}_{k:03}.png")))?;
             if k <= 10 {
@@ -190,9 +203,7 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
             let m = meta("ddpm", step + 1, c.seed, &[("width", a.width.to_string()), ("batch", batch.to_string()), ("lr", lr.to_string()), ("ema_beta", a.ema_beta.to_string())]);
             ckpt::save(&run.checkpoint(), tensors, &m)?;
             let mut q = ema_store(&p, &ema);
-            tch::manual_seed(c.seed as i64);
-            let img = preview(&mut q, a.width, 1, a.sample_steps, a.guidance, dev)?;
-            let grid = pictures_from(&img, 10)?;
+            let grid = preview(&mut q, a.width, 1, a.sample_steps, a.guidance, c.seed, dev)?;
             grid.save(run.root.join("samples").join(format!("step_{:07}.png", step + 1)))?;
             grid.save(run.root.join("samples.png"))?;
             run.write_curves("ddpm")?;

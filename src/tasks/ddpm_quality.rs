@@ -1,0 +1,114 @@
+//! `grade ddpm`'s quality pass: the noise-corrupted share of the digits and the judge-feature FID to
+//! real MNIST-M (`metrics::digit_quality`), written into the report, the summary and `noisy.png`.
+//! Informational: the course's verdict stays the judge's accuracy, but a run whose digits are buried
+//! in noise says so in every report.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use image::RgbImage;
+
+use super::RunOptions;
+use crate::metrics::digit_quality::{judge_fid, noisy, real_digits, roughness, RealDigits};
+use crate::metrics::judge_features::JudgeFeatures;
+use crate::pictures;
+use crate::report::{OutputDir, Report};
+use crate::spec::GraderSpec;
+
+/// Flagged images shown in `noisy.png`.
+const SHOWN: usize = 50;
+
+/// The reference folder: the one given (must exist), else the spec's default (skipped when absent).
+fn reference_dir(given: Option<&Path>, spec: &GraderSpec) -> Result<Option<PathBuf>> {
+    if let Some(p) = given {
+        if !p.is_dir() {
+            bail!("--reference {}: not a folder; pass an MNIST-M folder (data/*.png, train.csv, val.csv)", p.display());
+        }
+        return Ok(Some(p.to_path_buf()));
+    }
+    Ok(spec.quality.as_ref().and_then(|q| q.reference.as_deref()).map(super::rel_or_root).filter(|p| p.is_dir()))
+}
+
+/// Adds `noise_fraction` and `judge_fid` (with their detail) to `report`, and `noisy.png` to `out`.
+pub fn assess(
+    spec: &GraderSpec,
+    reference: Option<&Path>,
+    generated: &[(String, u8, RgbImage)],
+    judge: &Path,
+    opts: &RunOptions,
+    report: &mut Report,
+    out: &OutputDir,
+) -> Result<()> {
+    let Some(q) = &spec.quality else { return Ok(()) };
+    let threshold = q.noise_threshold;
+    let images: Vec<RgbImage> = generated.iter().map(|g| g.2.clone()).collect();
+    let labels: Vec<u8> = generated.iter().map(|g| g.1).collect();
+    let flagged = noisy(&images, threshold);
+    let fraction = (!images.is_empty()).then(|| flagged.len() as f64 / images.len() as f64);
+    report.metric("noise_fraction", fraction);
+    report.counts.insert("noise_corrupted_images".into(), flagged.len() as u64);
+    let rough: Vec<f64> = images.iter().map(roughness).collect();
+    let mean_rough = rough.iter().sum::<f64>() / rough.len().max(1) as f64;
+    if !flagged.is_empty() {
+        let shown: Vec<RgbImage> = flagged.iter().take(SHOWN).map(|&k| images[k].clone()).collect();
+        out.write("noisy.png", &pictures::png_bytes(&pictures::grid(&shown, 10, 2, 2))?)?;
+    }
+    let mut quality = serde_json::json!({
+        "noise_threshold": threshold,
+        "noise_fraction": fraction,
+        "mean_roughness": mean_rough,
+        "noise_corrupted": flagged.iter().take(100).map(|&k| &generated[k].0).collect::<Vec<_>>(),
+        "noise_fraction_per_digit": (0..10u8).map(|d| {
+            let n = labels.iter().filter(|&&l| l == d).count();
+            (n > 0).then(|| flagged.iter().filter(|&&k| labels[k] == d).count() as f64 / n as f64)
+        }).collect::<Vec<_>>(),
+    });
+
+    // The judge FID and the real data's own noise fraction, when real digits are at hand.
+    let mut real_fraction = None;
+    match reference_dir(reference, spec)? {
+        None => report.notes.push(format!(
+            "judge FID not computed: no reference digits ({} not found; pass --reference DIR, an MNIST-M folder)",
+            q.reference.as_deref().unwrap_or("no [quality] reference in the spec")
+        )),
+        Some(dir) => {
+            let per_class = (0..10u8).map(|c| labels.iter().filter(|&&l| l == c).count()).max().unwrap_or(0);
+            let val = real_digits(&dir, "val", usize::MAX).with_context(|| format!("reference digits {}", dir.display()))?;
+            let train: RealDigits = real_digits(&dir, "train", per_class).with_context(|| format!("reference digits {}", dir.display()))?;
+            let real_noisy = noisy(&val.images, threshold).len() as f64 / val.images.len().max(1) as f64;
+            real_fraction = Some(real_noisy);
+            quality["real_noise_fraction"] = serde_json::json!(real_noisy);
+            // A judge without a final linear layer (or features the FID cannot use) costs the FID, not the run.
+            match JudgeFeatures::open(judge, &opts.runtime).and_then(|mut fx| judge_fid(&images, &labels, &mut fx, &val, &train, &dir)) {
+                Ok(j) => {
+                    report.metric("judge_fid", j.overall.fid);
+                    if let (Some(f), Some(floor)) = (j.overall.fid, j.overall.floor) {
+                        report.notes.push(format!(
+                            "judge FID {f:.2} ({}-d judge features against {} real val digits; as many real training digits score {floor:.2})",
+                            j.feature_dim, j.n_reference
+                        ));
+                    }
+                    quality["judge_fid"] = serde_json::to_value(&j)?;
+                }
+                Err(e) => report.notes.push(format!("judge FID not computed: {e:#}")),
+            }
+        }
+    }
+    if let Some(f) = fraction {
+        // Far above the real data's: twice its share, and at least 1% of the images.
+        let floor = real_fraction.unwrap_or(0.0);
+        if f > (2.0 * floor).max(0.01) {
+            report.notes.push(format!(
+                "{} of {} digits ({:.1}%) are noise-corrupted (roughness above {threshold}){}: the judge's accuracy does not see this; noisy.png shows them",
+                flagged.len(),
+                images.len(),
+                100.0 * f,
+                real_fraction.map(|r| format!(", real MNIST-M val {:.1}%", 100.0 * r)).unwrap_or_default()
+            ));
+        }
+    }
+    if let serde_json::Value::Object(m) = &mut report.details {
+        m.insert("quality".into(), quality);
+    }
+    Ok(())
+}
