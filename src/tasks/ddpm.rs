@@ -156,7 +156,6 @@ impl NoiseModel for NoiseEngine {
 
 pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let spec = GraderSpec::load("ddpm", args.spec.as_deref())?;
-    let deadline = Deadline::start(opts.budget.unwrap_or(spec.budget()));
     let per_class = spec.data_int("images_per_class")? as usize;
     let classes = spec.data_int("num_classes")? as usize;
     let size = spec.data_int("image_size")? as usize;
@@ -164,6 +163,9 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let model_path = args.model.clone().unwrap_or_else(|| super::rel_or_root(s.get("model").and_then(|v| v.as_str()).unwrap_or("")));
     let clf_path =
         args.classifier.clone().unwrap_or_else(|| super::rel_or_root(s.get("classifier").and_then(|v| v.as_str()).unwrap_or("")));
+    // The quality pass's reference digits are read before the budget's clock starts.
+    let quality = super::ddpm_quality::prepare(&spec, args.reference.as_deref(), &clf_path, per_class, opts)?;
+    let deadline = Deadline::start(opts.budget.unwrap_or(spec.budget()));
     let sampler = match args.sampler {
         Some(a) => a,
         None => match s.get("sampler").and_then(|v| v.as_str()).unwrap_or("dpm-solver") {
@@ -509,7 +511,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         m.insert("confusion".into(), serde_json::json!(acc.confusion));
     }
     let t_quality = Instant::now();
-    super::ddpm_quality::assess(&spec, args.reference.as_deref(), &generated, &clf_path, opts, &mut report, &out)?;
+    super::ddpm_quality::assess(quality, &generated, &mut report, &out)?;
     report.timings.insert("quality".into(), t_quality.elapsed().as_secs_f64());
     report.settle();
     report.write_all(&out, &opts.extra)?;

@@ -29,18 +29,51 @@ fn reference_dir(given: Option<&Path>, spec: &GraderSpec) -> Result<Option<PathB
     Ok(spec.quality.as_ref().and_then(|q| q.reference.as_deref()).map(super::rel_or_root).filter(|p| p.is_dir()))
 }
 
+/// Reference digits per class for the judge FID (MNIST-M val has ~1,120 per class): enough for 64- or
+/// 84-d statistics, and quick to load.
+const REFERENCE_PER_CLASS: usize = 500;
+
+/// What the quality pass needs, loaded before the budget's clock starts (the course's budget is for
+/// generating the digits; reading the reference is the grader's own cost).
+pub struct Prepared {
+    threshold: f64,
+    reference: Result<Reference, String>,
+    pub seconds: f64,
+}
+
+struct Reference {
+    dir: PathBuf,
+    val: RealDigits,
+    train: RealDigits,
+    judge: Result<JudgeFeatures, String>,
+}
+
+/// Reads the reference digits and opens the judge's feature extractor. `None` when the spec has no
+/// `[quality]`. An explicit `--reference` that cannot be read is an error; the spec's default folder
+/// missing is a note.
+pub fn prepare(spec: &GraderSpec, reference: Option<&Path>, judge: &Path, per_class: usize, opts: &RunOptions) -> Result<Option<Prepared>> {
+    let Some(q) = &spec.quality else { return Ok(None) };
+    let t0 = std::time::Instant::now();
+    let reference = match reference_dir(reference, spec)? {
+        None => Err(format!(
+            "judge FID not computed: no reference digits ({} not found; pass --reference DIR, an MNIST-M folder)",
+            q.reference.as_deref().unwrap_or("no [quality] reference in the spec")
+        )),
+        Some(dir) => {
+            let val = real_digits(&dir, "val", REFERENCE_PER_CLASS).with_context(|| format!("reference digits {}", dir.display()))?;
+            let train = real_digits(&dir, "train", per_class).with_context(|| format!("reference digits {}", dir.display()))?;
+            // A judge without a final linear layer costs the FID, not the run.
+            let judge = JudgeFeatures::open(judge, &opts.runtime).map_err(|e| format!("judge FID not computed: {e:#}"));
+            Ok(Reference { dir, val, train, judge })
+        }
+    };
+    Ok(Some(Prepared { threshold: q.noise_threshold, reference, seconds: t0.elapsed().as_secs_f64() }))
+}
+
 /// Adds `noise_fraction` and `judge_fid` (with their detail) to `report`, and `noisy.png` to `out`.
-pub fn assess(
-    spec: &GraderSpec,
-    reference: Option<&Path>,
-    generated: &[(String, u8, RgbImage)],
-    judge: &Path,
-    opts: &RunOptions,
-    report: &mut Report,
-    out: &OutputDir,
-) -> Result<()> {
-    let Some(q) = &spec.quality else { return Ok(()) };
-    let threshold = q.noise_threshold;
+pub fn assess(prepared: Option<Prepared>, generated: &[(String, u8, RgbImage)], report: &mut Report, out: &OutputDir) -> Result<()> {
+    let Some(mut prep) = prepared else { return Ok(()) };
+    let threshold = prep.threshold;
     let images: Vec<RgbImage> = generated.iter().map(|g| g.2.clone()).collect();
     let labels: Vec<u8> = generated.iter().map(|g| g.1).collect();
     let flagged = noisy(&images, threshold);
@@ -62,24 +95,22 @@ pub fn assess(
             let n = labels.iter().filter(|&&l| l == d).count();
             (n > 0).then(|| flagged.iter().filter(|&&k| labels[k] == d).count() as f64 / n as f64)
         }).collect::<Vec<_>>(),
+        "reference_seconds": prep.seconds,
     });
 
     // The judge FID and the real data's own noise fraction, when real digits are at hand.
     let mut real_fraction = None;
-    match reference_dir(reference, spec)? {
-        None => report.notes.push(format!(
-            "judge FID not computed: no reference digits ({} not found; pass --reference DIR, an MNIST-M folder)",
-            q.reference.as_deref().unwrap_or("no [quality] reference in the spec")
-        )),
-        Some(dir) => {
-            let per_class = (0..10u8).map(|c| labels.iter().filter(|&&l| l == c).count()).max().unwrap_or(0);
-            let val = real_digits(&dir, "val", usize::MAX).with_context(|| format!("reference digits {}", dir.display()))?;
-            let train: RealDigits = real_digits(&dir, "train", per_class).with_context(|| format!("reference digits {}", dir.display()))?;
-            let real_noisy = noisy(&val.images, threshold).len() as f64 / val.images.len().max(1) as f64;
+    match &mut prep.reference {
+        Err(note) => report.notes.push(note.clone()),
+        Ok(r) => {
+            let real_noisy = noisy(&r.val.images, threshold).len() as f64 / r.val.images.len().max(1) as f64;
             real_fraction = Some(real_noisy);
             quality["real_noise_fraction"] = serde_json::json!(real_noisy);
-            // A judge without a final linear layer (or features the FID cannot use) costs the FID, not the run.
-            match JudgeFeatures::open(judge, &opts.runtime).and_then(|mut fx| judge_fid(&images, &labels, &mut fx, &val, &train, &dir)) {
+            let j = match &mut r.judge {
+                Ok(fx) => judge_fid(&images, &labels, fx, &r.val, &r.train, &r.dir).map_err(|e| format!("judge FID not computed: {e:#}")),
+                Err(note) => Err(note.clone()),
+            };
+            match j {
                 Ok(j) => {
                     report.metric("judge_fid", j.overall.fid);
                     if let (Some(f), Some(floor)) = (j.overall.fid, j.overall.floor) {
@@ -90,7 +121,7 @@ pub fn assess(
                     }
                     quality["judge_fid"] = serde_json::to_value(&j)?;
                 }
-                Err(e) => report.notes.push(format!("judge FID not computed: {e:#}")),
+                Err(note) => report.notes.push(note),
             }
         }
     }
