@@ -134,7 +134,7 @@ pub fn assess(prepared: Option<Prepared>, generated: &[(String, u8, RgbImage)], 
                 flagged.len(),
                 images.len(),
                 100.0 * f,
-                real_fraction.map(|r| format!(", real MNIST-M val {:.1}%", 100.0 * r)).unwrap_or_default()
+                real_fraction.map(|r| format!(", real MNIST-M val {:.2}%", 100.0 * r)).unwrap_or_default()
             ));
         }
     }
