@@ -155,6 +155,7 @@ impl NoiseModel for NoiseEngine {
 pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let spec = GraderSpec::load("ddpm", args.spec.as_deref())?;
     let deadline = Deadline::start(opts.budget.unwrap_or(spec.budget()));
+    let load_stop = opts.arm_load_stop(deadline, &spec);
     let per_class = spec.data_int("images_per_class")? as usize;
     let classes = spec.data_int("num_classes")? as usize;
     let size = spec.data_int("image_size")? as usize;
@@ -215,6 +216,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
 
     let mut partial = report.clone();
     partial.metric("accuracy", None);
+    drop(load_stop);
     let _hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
     let total_images = per_class * classes;
     // Sampling batches as [first, end) ranges of image numbers (digit = number / per_class): within a digit

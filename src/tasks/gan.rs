@@ -13,7 +13,7 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use super::RunOptions;
-use crate::data::images::{load_rgb, ImageLimits};
+use crate::data::images::ImageLimits;
 use crate::metrics::faces;
 use crate::metrics::fid::{self, Stats};
 use crate::metrics::inception::{fid_image_files, locate_inception, InceptionNet};
@@ -112,6 +112,9 @@ impl Generator {
     }
 }
 
+/// Most RGB bytes one Inception batch of images may decode to (50 images of 1024x1024).
+const FID_MAX_BATCH_BYTES: u64 = 150 << 20;
+
 /// Inception features of the images in `dir` (decoded like pytorch-fid: converted to RGB).
 pub fn folder_features(dir: &Path, net: &mut InceptionNet, quiet: bool) -> Result<(Vec<f32>, usize)> {
     let files = fid_image_files(dir)?;
@@ -123,23 +126,8 @@ pub fn folder_features(dir: &Path, net: &mut InceptionNet, quiet: bool) -> Resul
     let mut feats = Vec::with_capacity(files.len() * 2048);
     let mut size = None;
     for chunk in files.chunks(net.batch) {
-        let imgs: Result<Vec<RgbImage>> = chunk.par_iter().map(|p| load_rgb(p, &limits)).collect();
-        let imgs = imgs?;
-        for (img, p) in imgs.iter().zip(chunk) {
-            // pytorch-fid batches images, so they must share one size.
-            match size {
-                None => size = Some(img.dimensions()),
-                Some(s) if s != img.dimensions() => bail!(
-                    "{} is {}x{} but earlier images are {}x{}; pytorch-fid needs one size per folder",
-                    p.display(),
-                    img.width(),
-                    img.height(),
-                    s.0,
-                    s.1
-                ),
-                _ => {}
-            }
-        }
+        // Headers first: sizes, one size per folder (pytorch-fid batches images) and the batch's decoded bytes.
+        let imgs = crate::data::images::load_rgb_batch(chunk, &limits, FID_MAX_BATCH_BYTES, &mut size)?;
         feats.extend(net.features(&imgs)?);
         pb.inc(chunk.len() as u64);
     }
@@ -168,6 +156,7 @@ pub fn reference_stats(reference: &Path, net: &mut InceptionNet, quiet: bool) ->
 pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     let spec = GraderSpec::load("gan", args.spec.as_deref())?;
     let deadline = crate::budget::Deadline::start(opts.budget.unwrap_or(spec.budget()));
+    let load_stop = opts.arm_load_stop(deadline, &spec);
     let count = spec.data_int("images")? as usize;
     let seed = args.seed.unwrap_or(spec.sampling.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64);
     let batch = if opts.batch > 0 { opts.batch } else { spec.sampling.get("batch").and_then(|v| v.as_integer()).unwrap_or(100) as usize };
@@ -190,6 +179,7 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     let mut partial = report.clone();
     partial.metric("fid", None);
     partial.metric("face_accuracy", None);
+    drop(load_stop);
     let hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
     // Generation under the budget (checked between batches).
     let images_dir = out.subdir("images")?;
