@@ -564,7 +564,7 @@ fn run_grader(
             r.exit_code = Some(code);
             let report = gdir.join("report.json");
             if code <= 1 && report.is_file() {
-                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+                let v: serde_json::Value = serde_json::from_slice(&crate::safe_fs::read_regular(&report, 64 << 20, "grader report")?)?;
                 r.status = match v["status"].as_str() {
                     Some("passed") => GradeStatus::Passed,
                     Some("over-budget") => GradeStatus::OverBudget,
