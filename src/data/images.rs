@@ -74,19 +74,29 @@ pub fn load_rgb(path: &Path, limits: &ImageLimits) -> Result<RgbImage> {
     decode_rgb(&bytes, path, limits)
 }
 
-/// Decodes a batch of images that must share one size (pytorch-fid's rule), in parallel, after
-/// checking every header: each image's dimensions against `limits`, one size for all, and the
-/// decoded batch (RGB bytes) within `max_batch_bytes`, so a folder of decompression bombs is refused
-/// from its headers instead of decoded all at once. `size` carries the size between batches.
-pub fn load_rgb_batch(
+/// Decodes images that must share one size (pytorch-fid's rule) group by group, handing each group
+/// to `each`. Every header is read first: each image's dimensions against `limits` and the one size;
+/// a group is cut before its file bytes plus decoded RGB pixels would pass `max_group_bytes`, so a
+/// folder of decompression bombs never has more than that decoded at once. Groups decode in
+/// parallel. `size` carries the size from group to group (and call to call).
+pub fn for_each_rgb_group(
     paths: &[PathBuf],
     limits: &ImageLimits,
-    max_batch_bytes: u64,
+    max_group_bytes: u64,
     size: &mut Option<(u32, u32)>,
-) -> Result<Vec<RgbImage>> {
+    mut each: impl FnMut(&[RgbImage]) -> Result<()>,
+) -> Result<()> {
     use rayon::prelude::*;
-    let mut files = Vec::with_capacity(paths.len());
-    let mut total: u64 = 0;
+    let mut group: Vec<(&PathBuf, Vec<u8>)> = vec![];
+    let mut used: u64 = 0;
+    let mut flush = |group: &mut Vec<(&PathBuf, Vec<u8>)>| -> Result<()> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        let imgs: Result<Vec<RgbImage>> = group.par_iter().map(|(p, b)| decode_rgb(b, p, limits)).collect();
+        group.clear();
+        each(&imgs?)
+    };
     for p in paths {
         let bytes = read_image_file(p, limits)?;
         let (w, h) = header_dimensions(&bytes, p)?;
@@ -98,18 +108,15 @@ pub fn load_rgb_batch(
             }
             _ => {}
         }
-        total = total.saturating_add(w as u64 * h as u64 * 3);
-        if total > max_batch_bytes {
-            bail!(
-                "images up to {} would decode to {total} bytes in one batch of {}, over the limit of {max_batch_bytes} bytes; \
-                 refused before decoding (use smaller images)",
-                p.display(),
-                paths.len()
-            );
+        let cost = (w as u64 * h as u64 * 3).saturating_add(bytes.len() as u64);
+        if !group.is_empty() && used.saturating_add(cost) > max_group_bytes {
+            flush(&mut group)?;
+            used = 0;
         }
-        files.push((p, bytes));
+        used = used.saturating_add(cost);
+        group.push((p, bytes));
     }
-    files.par_iter().map(|(p, b)| decode_rgb(b, p, limits)).collect()
+    flush(&mut group)
 }
 
 /// Decodes image bytes (named `path` in errors) under the same limits. Public for the fuzz target.
@@ -186,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn batches_are_checked_from_headers_before_decoding() {
+    fn groups_are_checked_from_headers_and_bounded_before_decoding() {
         let tmp = tempfile::tempdir().unwrap();
         let limits = ImageLimits::default();
         let small: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("s{i}.png"))).collect();
@@ -194,22 +201,29 @@ mod tests {
             black_png(p, 64, 64);
         }
         let mut size = None;
-        assert_eq!(load_rgb_batch(&small, &limits, 1 << 20, &mut size).unwrap().len(), 3);
-        assert_eq!(size, Some((64, 64)));
-        // Four 4096x4096 images (48 MiB each decoded, a few KB on disk) over a 100 MiB batch limit.
+        let mut groups = vec![];
+        for_each_rgb_group(&small, &limits, 1 << 20, &mut size, |g| Ok(groups.push(g.len()))).unwrap();
+        assert_eq!((groups, size), (vec![3], Some((64, 64))));
+        // Four 4096x4096 images (48 MiB each decoded, a few KB on disk) with 100 MiB at once: decoded
+        // two at a time, never all four.
         let bombs: Vec<PathBuf> = (0..4).map(|i| tmp.path().join(format!("b{i}.png"))).collect();
         for p in &bombs {
             black_png(p, 4096, 4096);
         }
-        let e = load_rgb_batch(&bombs, &limits, 100 << 20, &mut None).unwrap_err().to_string();
-        assert!(e.contains("b2.png") && e.contains("over the limit of 104857600 bytes"), "{e}");
-        // Over the dimension limit: refused from the header.
+        let mut groups = vec![];
+        for_each_rgb_group(&bombs, &limits, 100 << 20, &mut None, |g| Ok(groups.push(g.len()))).unwrap();
+        assert_eq!(groups, vec![2, 2]);
+        // Over the dimension limit: refused from the header, before anything is decoded.
         let wide = tmp.path().join("wide.png");
         black_png(&wide, 5000, 2);
-        let e = load_rgb_batch(std::slice::from_ref(&wide), &limits, u64::MAX, &mut None).unwrap_err().to_string();
+        let mut called = false;
+        let e = for_each_rgb_group(&[small[0].clone(), wide.clone()], &limits, u64::MAX, &mut None, |_| Ok(called = true))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("wide.png") && e.contains("5000x2") && e.contains("4096x4096"), "{e}");
+        assert!(!called);
         // One size per folder, from the headers.
-        let e = load_rgb_batch(&[small[0].clone(), wide], &ImageLimits { max_width: 8192, ..limits }, u64::MAX, &mut None)
+        let e = for_each_rgb_group(&[small[0].clone(), wide], &ImageLimits { max_width: 8192, ..limits }, u64::MAX, &mut None, |_| Ok(()))
             .unwrap_err()
             .to_string();
         assert!(e.contains("one size per folder"), "{e}");

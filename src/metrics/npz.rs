@@ -69,7 +69,7 @@ pub fn write_stats_npz_with_features(path: &Path, stats: &Stats, features: Optio
 
 /// Reads pytorch-fid statistics; `n` is 0 because the files do not record the sample count.
 pub fn read_stats_npz(path: &Path) -> Result<Stats> {
-    let file = crate::safe_fs::open_regular(path, "statistics file")?;
+    let file = crate::safe_fs::open_regular(path, "statistics file").with_context(|| format!("opening {}", path.display()))?;
     let mut zip = ZipArchive::new(file).with_context(|| format!("{} is not an .npz (zip) file", path.display()))?;
     let (mu_shape, mu) = read_member(&mut zip, "mu").with_context(|| format!("{}: mu", path.display()))?;
     let (sigma_shape, sigma) =
@@ -88,7 +88,7 @@ pub fn read_stats_npz(path: &Path) -> Result<Stats> {
 
 /// The feature rows stored by [`write_stats_npz_with_features`], if the file has them.
 pub fn read_features_npz(path: &Path) -> Result<Option<(Vec<f32>, usize)>> {
-    let file = crate::safe_fs::open_regular(path, "statistics file")?;
+    let file = crate::safe_fs::open_regular(path, "statistics file").with_context(|| format!("opening {}", path.display()))?;
     let mut zip = ZipArchive::new(file).with_context(|| format!("{} is not an .npz (zip) file", path.display()))?;
     if zip.index_for_name("features.npy").is_none() {
         return Ok(None);

@@ -112,8 +112,9 @@ impl Generator {
     }
 }
 
-/// Most RGB bytes one Inception batch of images may decode to (50 images of 1024x1024).
-const FID_MAX_BATCH_BYTES: u64 = 150 << 20;
+/// Most bytes (files read plus RGB pixels decoded) held at once while an Inception batch is decoded:
+/// a batch of 50 homework images (64x64) is a few hundred KB; 50 big photos are decoded in groups.
+const FID_MAX_DECODED_BYTES: u64 = 256 << 20;
 
 /// Inception features of the images in `dir` (decoded like pytorch-fid: converted to RGB).
 pub fn folder_features(dir: &Path, net: &mut InceptionNet, quiet: bool) -> Result<(Vec<f32>, usize)> {
@@ -126,9 +127,12 @@ pub fn folder_features(dir: &Path, net: &mut InceptionNet, quiet: bool) -> Resul
     let mut feats = Vec::with_capacity(files.len() * 2048);
     let mut size = None;
     for chunk in files.chunks(net.batch) {
-        // Headers first: sizes, one size per folder (pytorch-fid batches images) and the batch's decoded bytes.
-        let imgs = crate::data::images::load_rgb_batch(chunk, &limits, FID_MAX_BATCH_BYTES, &mut size)?;
-        feats.extend(net.features(&imgs)?);
+        // Headers first (sizes, one size per folder: pytorch-fid batches images); at most
+        // FID_MAX_DECODED_BYTES decoded at once, so a batch of decompression bombs is cut into groups.
+        crate::data::images::for_each_rgb_group(chunk, &limits, FID_MAX_DECODED_BYTES, &mut size, |imgs| {
+            feats.extend(net.features(imgs)?);
+            Ok(())
+        })?;
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
