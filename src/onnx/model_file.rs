@@ -213,6 +213,15 @@ struct Folded {
     ints: Option<Vec<i64>>,
 }
 
+/// A node as errors name it: its name, or its first output when it has none.
+fn node_label(n: &pb::NodeProto) -> String {
+    match (n.name.is_empty(), n.output.first()) {
+        (false, _) => format!("node '{}'", n.name),
+        (true, Some(o)) if !o.is_empty() => format!("the node making '{o}'"),
+        _ => "an unnamed node".into(),
+    }
+}
+
 fn op_name(domain: &str, op: &str) -> String {
     if domain.is_empty() || domain == "ai.onnx" {
         op.to_string()
@@ -305,9 +314,9 @@ impl Walker<'_> {
     fn attribute(&mut self, n: &pb::NodeProto, a: &pb::AttributeProto, depth: usize, known: &HashMap<String, Folded>) -> Result<()> {
         if a.sparse_tensor.is_some() || !a.sparse_tensors.is_empty() {
             return self.fail(format!(
-                "node '{}' ({}) has a sparse tensor in attribute '{}' (sparse_tensor), which the grader does not read; \
+                "{} ({}) has a sparse tensor in attribute '{}' (sparse_tensor), which the grader does not read; \
                  export the constant as a dense tensor",
-                n.name, n.op_type, a.name
+                node_label(n), n.op_type, a.name
             ));
         }
         if let Some(t) = &a.t {
@@ -401,10 +410,10 @@ impl Walker<'_> {
         let elems = out.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d));
         if elems.saturating_mul(4) > self.limits.max_tensor_bytes {
             return self.fail(format!(
-                "node '{}' ({}) computes a constant of shape {:?} ({elems} elements) from constants alone; a runtime \
+                "{} ({}) computes a constant of shape {:?} ({elems} elements) from constants alone; a runtime \
                  folds it when the model loads, over the limit of {} bytes per tensor. Refused before loading: \
                  compute it from the model's inputs, or make it smaller",
-                n.name, n.op_type, out.shape, self.limits.max_tensor_bytes
+                node_label(n), n.op_type, out.shape, self.limits.max_tensor_bytes
             ));
         }
         if let Some(o) = n.output.first().filter(|o| !o.is_empty()) {
