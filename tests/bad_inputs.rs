@@ -287,6 +287,8 @@ fn a_model_that_needs_too_much_memory_is_stopped() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("memory limit exceeded"), "{stderr}");
+    // The watchdog names what was being loaded (issue 25): the plan of this file, with its folding.
+    assert!(stderr.contains("while preparing") && stderr.contains("hog.onnx"), "{stderr}");
 }
 
 #[test]

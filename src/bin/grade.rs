@@ -71,7 +71,10 @@ fn run(cli: Cli) -> Result<i32> {
                 anyhow::bail!("{} holds no images", dir.display());
             }
             let mut det = gradekit::metrics::faces::make_detector(detector)?;
-            let r = gradekit::metrics::faces::face_accuracy(&files, det.as_mut(), true);
+            let r = {
+                let _faces = gradekit::memory::activity(format!("detecting faces in {}", dir.display()));
+                gradekit::metrics::faces::face_accuracy(&files, det.as_mut(), true)
+            };
             println!(
                 "face accuracy {:.4}: {} of {} loaded images have exactly one face ({} none, {} several, {} unreadable) [{}]",
                 r.accuracy, r.exactly_one, r.loaded, r.zero, r.multiple, r.unreadable.len(), r.detector

@@ -114,6 +114,7 @@ pub fn read_state_dict_key(path: &Path, key: Option<&str>) -> Result<BTreeMap<St
 
 /// Read a checkpoint with full control and report where the state_dict was and how it was named.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let _loading = crate::memory::activity(format!("reading checkpoint {}", path.display()));
     load_inner(path, opts).with_context(|| format!("reading PyTorch checkpoint {}", path.display()))
 }
 

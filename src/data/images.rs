@@ -93,6 +93,7 @@ pub fn for_each_rgb_group(
         if group.is_empty() {
             return Ok(());
         }
+        let _decoding = crate::memory::activity(format!("decoding {} images from {}", group.len(), group[0].0.display()));
         let imgs: Result<Vec<RgbImage>> = group.par_iter().map(|(p, b)| decode_rgb(b, p, limits)).collect();
         group.clear();
         each(&imgs?)

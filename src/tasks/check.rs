@@ -129,7 +129,7 @@ impl CheckReport {
                 Level::Warning => "warning",
                 Level::Info => "info",
             };
-            s.push_str(&format!("  {tag}: {}\n", l(&f.message)));
+            s.push_str(&format!("  {tag}: {}\n", l(f.message.trim_end())));
         }
         s
     }
