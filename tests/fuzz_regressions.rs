@@ -150,3 +150,31 @@ fn issue25_models_are_refused_before_any_runtime_sees_them() {
     assert_eq!(c.fixed_batch, None);
     assert!(c.meta_i64("timesteps").is_err() && c.meta_i64("latent_dim").is_err());
 }
+
+#[path = "../fuzz/src/mutate.rs"]
+mod mutate;
+
+/// The `model_contract` target's structure-aware mutator (issue 25): every corpus model (a sample),
+/// changed in the ways that used to slip through, goes through the same checks as the fuzzer's
+/// inputs. The mutations must reach the new refusals, not only decode errors.
+#[test]
+fn structure_aware_mutations_never_panic_and_reach_the_new_checks() {
+    checks::install_panic_hook();
+    let corpus = sample(files(&fuzz_dir().join("corpus/model_contract")));
+    let mut seeds = files(&fuzz_dir().join("regressions/model_contract"));
+    seeds.extend(corpus.into_iter().take(30));
+    let (mut mutated, mut rejected) = (0, 0);
+    for p in &seeds {
+        let bytes = std::fs::read(p).unwrap();
+        for seed in 0..20u32 {
+            let Some(m) = mutate::mutate_model(&bytes, seed) else { continue };
+            mutated += 1;
+            if checks::check_model(&m) == Outcome::Rejected {
+                rejected += 1;
+            }
+        }
+    }
+    eprintln!("{mutated} structural mutations, {rejected} rejected");
+    assert!(mutated >= 100, "only {mutated} inputs decoded as models");
+    assert!(rejected * 2 >= mutated, "{rejected} of {mutated} mutations rejected: the mutator does not reach the checks");
+}
