@@ -600,3 +600,49 @@ fn control_characters_from_a_model_are_escaped_on_the_terminal() {
     assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
     assert!(!err.lines().any(|l| l.starts_with("error: FORGED")), "{err}");
 }
+
+/// The budget covers loading (issue 25): the hard stop for the loading phase is armed when the budget
+/// starts, so a model that takes minutes to load (session building, constant folding) is stopped at
+/// budget plus grace, with a report saying what was being loaded. Run in a child process (the stop
+/// ends the process): this test re-runs its own binary on `load_stop_child`.
+#[test]
+fn loading_is_inside_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o");
+    let started = std::time::Instant::now();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "load_stop_child", "--ignored", "--nocapture"])
+        .env("GRADEKIT_TEST_LOAD_STOP_OUT", &out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert_eq!(child.status.code(), Some(1), "{stderr}");
+    // Budget 0.1 s plus the minimum grace of 5 s; the load itself would take 60 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
+    assert!(stderr.contains("over budget") && stderr.contains("slow-to-load.onnx"), "{stderr}");
+    let r = common::read_json(&out.join("report.json"));
+    assert_eq!(r["status"], "over-budget");
+    assert!(r["notes"].to_string().contains("stopped while building a session for slow-to-load.onnx"), "{r}");
+}
+
+/// The child of `loading_is_inside_the_budget` (does nothing unless that test runs it).
+#[test]
+#[ignore = "run by loading_is_inside_the_budget in a child process"]
+fn load_stop_child() {
+    let Some(out) = std::env::var_os("GRADEKIT_TEST_LOAD_STOP_OUT") else { return };
+    let opts = gradekit::tasks::RunOptions {
+        runtime: Default::default(),
+        batch: 0,
+        out: Some(PathBuf::from(out)),
+        force: true,
+        extra: Default::default(),
+        meta: Default::default(),
+        budget: None,
+        quiet: true,
+    };
+    let spec = gradekit::spec::GraderSpec::builtin("dann-mnistm-usps").unwrap();
+    let _stop = opts.arm_load_stop(gradekit::budget::Deadline::start(std::time::Duration::from_millis(100)), &spec);
+    let _loading = gradekit::memory::activity("building a session for slow-to-load.onnx".into());
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    panic!("the load stop did not fire");
+}
