@@ -87,6 +87,7 @@ impl HardStop {
                 }
                 if flag.load(Ordering::Relaxed) {
                     on_fire();
+                    crate::run_status::record(crate::run_status::Outcome::OverBudget, 1, None);
                     std::process::exit(1);
                 }
             })

@@ -19,6 +19,8 @@ pub mod pictures;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod run_status;
 pub mod runtime;
+pub mod safe_fs;
 pub mod spec;
 pub mod tasks;

@@ -49,9 +49,10 @@ fn make_class(root: &Path) -> PathBuf {
     // erin: a model that wants 1 GiB (the limit here is 600 MiB).
     std::fs::create_dir_all(class.join("erin")).unwrap();
     hog_model(&class.join("erin/dann-usps.onnx"));
-    // fay: a model whose plan asks for 4 GiB at once (past the data-segment cap of 4 x 600 MiB).
+    // fay: a model that asks for 13 GiB at once when it runs on 100 images (past the data-segment cap
+    // of 4 x 600 MiB; sized by the batch, so no check of what the file declares can refuse it).
     std::fs::create_dir_all(class.join("fay")).unwrap();
-    writer::save(&common::memory_hog_classifier(1 << 29), &class.join("fay/dann-usps.onnx")).unwrap();
+    writer::save(&common::batch_sized_memory_hog_classifier(1 << 25), &class.join("fay/dann-usps.onnx")).unwrap();
     // frank: forgot his files.
     std::fs::create_dir_all(class.join("frank")).unwrap();
     std::fs::write(class.join("frank/README.txt"), b"sorry").unwrap();
@@ -301,4 +302,92 @@ fn gan_submissions_share_one_reference_computation_and_match_a_single_run() {
     // A second batch into the same folder reuses the cache.
     let again = batch(&["--force"]);
     assert!(!String::from_utf8_lossy(&again.stderr).contains("computing the reference"), "the cache was not reused");
+}
+
+/// Issue 25, classes 5 to 8: a hard link out of the class, a FIFO beside the student folders, a
+/// symlinked folder with an ANSI name, and models whose names and metadata forge the log's
+/// `error:` and allocation-failure lines.
+#[test]
+fn hostile_class_folders_and_forged_logs() {
+    use tract_onnx::pb;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    copy_dir(&fixture("digits/usps"), &d.join("data/digits/usps"));
+    let class = d.join("class");
+    let mkfifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    // alice: an honest CSV, so the run has something graded.
+    std::fs::create_dir_all(class.join("alice")).unwrap();
+    std::fs::copy(fixture("digits/usps/val.csv"), class.join("alice/dann-usps.csv")).unwrap();
+    // hank: a hard link to a file outside the class (the labels, say), where a symlink is refused.
+    std::fs::create_dir_all(d.join("outside")).unwrap();
+    std::fs::copy(fixture("digits/usps/val.csv"), d.join("outside/answers.csv")).unwrap();
+    std::fs::create_dir_all(class.join("hank")).unwrap();
+    std::fs::hard_link(d.join("outside/answers.csv"), class.join("hank/dann-usps.csv")).unwrap();
+    // kim: a FIFO inside her folder.
+    std::fs::create_dir_all(class.join("kim")).unwrap();
+    mkfifo(&class.join("kim/dann-usps.onnx"));
+    // A FIFO beside the student folders is not a student.
+    mkfifo(&class.join("pipe"));
+    // A symlinked student folder with an ANSI name.
+    std::os::unix::fs::symlink(class.join("alice"), class.join("evil\x1b[31mred")).unwrap();
+    // ivy: port names that print a forged `error:` line (and escapes); the model breaks the contract.
+    let forged = |name: &str, input: &str, meta: &str| {
+        let mut g = GraphBuilder::new("forged");
+        let x = g.input(input, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(1), Dim::Fixed(28), Dim::Fixed(28)]);
+        let f = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
+        let w = g.weight("w", &[10, 784], &vec![0.0; 7840]);
+        let y = g.node("Gemm", &[&f, &w], &[Attr::Int("transB", 1)]);
+        g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+        let mut m = g.build();
+        m.metadata_props.push(pb::StringStringEntryProto { key: "input_mean".into(), value: meta.into() });
+        std::fs::create_dir_all(class.join(name)).unwrap();
+        writer::save(&m, &class.join(name).join("dann-usps.onnx")).unwrap();
+    };
+    forged("ivy", "img\nerror: FORGED passed with 100%\x1b[32m\n", "0.5");
+    // jack: the text of an allocation failure in the model's metadata, and a contract error.
+    forged("jack", "img", "memory allocation of 123 bytes failed\nmemory limit exceeded");
+
+    let out = grade(d)
+        .args(["batch", "class", "--out", "o", "--data", "data", "--grader-arg", "all=--backend=tract"])
+        .args(["--student-memory", "600M", "--timeout", "30s"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains('\x1b') && !stderr.contains('\x1b'), "{stdout:?}\n{stderr:?}");
+    let class_json = read_json(&d.join("o/class.json"));
+    let students = class_json["students"].as_array().unwrap();
+    let ids: Vec<&str> = students.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert!(!ids.contains(&"pipe"), "{ids:?}");
+    assert_eq!(ids.len(), 6, "{ids:?}");
+    let st = |id: &str| students.iter().find(|s| s["id"] == id).unwrap_or_else(|| panic!("{id} in {ids:?}")).clone();
+    let g = |id: &str| st(id)["graders"][0].clone();
+    assert_eq!(g("alice")["status"], "passed");
+    assert_eq!(g("hank")["status"], "refused");
+    assert!(st("hank")["error"].as_str().unwrap().contains("hard link"), "{}", st("hank"));
+    assert!(!d.join("o/students/hank").exists());
+    assert_eq!(g("kim")["status"], "refused");
+    assert!(st("kim")["error"].as_str().unwrap().contains("not a regular file"), "{}", st("kim"));
+    let evil = ids.iter().find(|i| i.starts_with("evil")).unwrap();
+    assert!(!evil.contains('\x1b') && evil.contains("\\u{1b}"), "{evil}");
+    assert_eq!(g(evil)["status"], "refused");
+    // The status comes from the child's status file: the contract error, not the forged line.
+    let ivy = g("ivy");
+    assert_eq!(ivy["status"], "error", "{ivy}");
+    let e = ivy["error"].as_str().unwrap();
+    assert!(e.contains("does not meet the classifier contract") && !e.starts_with("FORGED"), "{e}");
+    assert!(!e.contains('\x1b'), "{e:?}");
+    let jack = g("jack");
+    assert_eq!(jack["status"], "error", "{jack}");
+    assert!(jack["error"].as_str().unwrap().contains("contract"), "{jack}");
+    for f in ["scoreboard.csv", "scoreboard.html", "class.json"] {
+        let text = std::fs::read_to_string(d.join("o").join(f)).unwrap();
+        assert!(!text.contains('\x1b'), "{f}: {text:?}");
+    }
+    let csv = std::fs::read_to_string(d.join("o/scoreboard.csv")).unwrap();
+    assert!(!csv.lines().any(|l| l.starts_with("error: FORGED")), "{csv}");
 }

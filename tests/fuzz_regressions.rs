@@ -124,3 +124,57 @@ fn label_csv_refuses_names_that_cannot_be_written_back() {
     let msg = format!("{:#}", gradekit::data::labels::parse_label_csv(b"image_name,label\n\"\"\"a.png\",1\n", 10).unwrap_err());
     assert!(msg.contains("comma or a quote"), "{msg}");
 }
+
+/// Issue 25, classes 1 to 3 as regression inputs of the `model_contract` target: parts of a file the
+/// walker used to skip, sizes that fold at load, and numbers that sized buffers unchecked.
+#[test]
+fn issue25_models_are_refused_before_any_runtime_sees_them() {
+    use gradekit::onnx::{Contract, ModelFile, ModelKind};
+    let dir = fuzz_dir().join("regressions/model_contract");
+    for (file, want) in [
+        ("issue25-function-external-data.onnx", "external file"),
+        ("issue25-sparse-constant-1.5GiB.onnx", "sparse tensor"),
+        ("issue25-constant-folds-to-2GiB.onnx", "from constants alone"),
+    ] {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let err = ModelFile::from_bytes(Path::new(file), bytes, &Default::default()).err().unwrap();
+        let msg = format!("{err:#}");
+        assert!(msg.contains(want) && msg.contains(file), "{file}: {msg}");
+    }
+    let file = "issue25-fixed-batch-and-metadata-out-of-bounds.onnx";
+    let m = ModelFile::from_bytes(Path::new(file), std::fs::read(dir.join(file)).unwrap(), &Default::default()).unwrap();
+    let c = Contract::resolve(&m, ModelKind::Classifier, &Default::default());
+    let msg = format!("{:#}", c.ensure_ok(&m).unwrap_err());
+    assert!(msg.contains(file) && msg.contains("26000000") && msg.contains("limit of 1024"), "{msg}");
+    assert!(msg.contains("timesteps") && msg.contains("1..=100000") && msg.contains("latent_dim"), "{msg}");
+    assert_eq!(c.fixed_batch, None);
+    assert!(c.meta_i64("timesteps").is_err() && c.meta_i64("latent_dim").is_err());
+}
+
+#[path = "../fuzz/src/mutate.rs"]
+mod mutate;
+
+/// The `model_contract` target's structure-aware mutator (issue 25): every corpus model (a sample),
+/// changed in the ways that used to slip through, goes through the same checks as the fuzzer's
+/// inputs. The mutations must reach the new refusals, not only decode errors.
+#[test]
+fn structure_aware_mutations_never_panic_and_reach_the_new_checks() {
+    checks::install_panic_hook();
+    let corpus = sample(files(&fuzz_dir().join("corpus/model_contract")));
+    let mut seeds = files(&fuzz_dir().join("regressions/model_contract"));
+    seeds.extend(corpus.into_iter().take(30));
+    let (mut mutated, mut rejected) = (0, 0);
+    for p in &seeds {
+        let bytes = std::fs::read(p).unwrap();
+        for seed in 0..20u32 {
+            let Some(m) = mutate::mutate_model(&bytes, seed) else { continue };
+            mutated += 1;
+            if checks::check_model(&m) == Outcome::Rejected {
+                rejected += 1;
+            }
+        }
+    }
+    eprintln!("{mutated} structural mutations, {rejected} rejected");
+    assert!(mutated >= 100, "only {mutated} inputs decoded as models");
+    assert!(rejected * 2 >= mutated, "{rejected} of {mutated} mutations rejected: the mutator does not reach the checks");
+}

@@ -88,6 +88,10 @@ pub fn check_model(data: &[u8]) -> Outcome {
             return Outcome::Rejected;
         }
     };
+    // What runtimes get is what was walked: re-encoded, it reads back to the same model.
+    let again = ModelFile::from_bytes(path, file.runtime_bytes(), &ModelLimits::default())
+        .expect("the re-encoded model of an accepted file must be accepted too");
+    assert_eq!(again.ops, file.ops, "re-encoding changed the operators");
     let overrides = BTreeMap::new();
     for kind in [ModelKind::Classifier, ModelKind::Generator, ModelKind::Noise] {
         let c = Contract::resolve(&file, kind, &overrides);
@@ -96,6 +100,13 @@ pub fn check_model(data: &[u8]) -> Outcome {
                 // A contract that passes names real ports.
                 assert!(c.inputs.iter().all(|n| file.input(n).is_some()), "{kind:?}: resolved input missing");
                 assert!(file.output(&c.output).is_some(), "{kind:?}: resolved output missing");
+                // Numbers that size buffers are within their bounds.
+                assert!(c.fixed_batch.is_none_or(|b| b <= gradekit::onnx::contract::MAX_FIXED_BATCH), "{kind:?}: fixed batch over the bound");
+                for (key, lo, hi) in gradekit::onnx::contract::INT_METADATA_BOUNDS {
+                    if let Ok(v) = c.meta_i64(key) {
+                        assert!((*lo..=*hi).contains(&v), "{kind:?}: {key} = {v} accepted outside its bound");
+                    }
+                }
             }
             Err(e) => assert_clean_error(&e, MODEL_PATH, "Contract::ensure_ok"),
         }

@@ -1,2 +1,3 @@
 //! Shared checks for the fuzz targets (see `checks.rs`).
 pub mod checks;
+pub mod mutate;

@@ -71,7 +71,10 @@ fn run(cli: Cli) -> Result<i32> {
                 anyhow::bail!("{} holds no images", dir.display());
             }
             let mut det = gradekit::metrics::faces::make_detector(detector)?;
-            let r = gradekit::metrics::faces::face_accuracy(&files, det.as_mut(), true);
+            let r = {
+                let _faces = gradekit::memory::activity(format!("detecting faces in {}", dir.display()));
+                gradekit::metrics::faces::face_accuracy(&files, det.as_mut(), true)
+            };
             println!(
                 "face accuracy {:.4}: {} of {} loaded images have exactly one face ({} none, {} several, {} unreadable) [{}]",
                 r.accuracy, r.exactly_one, r.loaded, r.zero, r.multiple, r.unreadable.len(), r.detector
@@ -99,7 +102,7 @@ fn run(cli: Cli) -> Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", report.to_text());
+                print!("{}", gradekit::report::sanitize::text(&report.to_text()));
             }
             Ok(if report.ok { 0 } else { 2 })
         }
@@ -109,7 +112,7 @@ fn run(cli: Cli) -> Result<i32> {
             let unused = tasks::convert::convert(kind, &pth, &output, &opts)?;
             println!("wrote {}", output.display());
             if !unused.is_empty() {
-                println!("note: {} tensor(s) of the checkpoint are not part of the model: {}", unused.len(), unused.join(", "));
+                println!("note: {} tensor(s) of the checkpoint are not part of the model: {}", unused.len(), gradekit::report::sanitize::line(&unused.join(", ")));
             }
             Ok(0)
         }
@@ -152,13 +155,23 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+#[global_allocator]
+static ALLOC: gradekit::memory::GuardedAlloc = gradekit::memory::GuardedAlloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    gradekit::run_status::init_from_env();
     gradekit::memory::start_watchdog(cli.memory_limit);
     match run(cli) {
-        Ok(code) => ExitCode::from(code as u8),
+        Ok(code) => {
+            gradekit::run_status::record(gradekit::run_status::Outcome::Finished, code, None);
+            ExitCode::from(code as u8)
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let msg = format!("{e:#}");
+            // The message may quote a submission (port names, metadata): no control characters reach the terminal.
+            eprintln!("error: {}", gradekit::report::sanitize::text(&msg));
+            gradekit::run_status::record(gradekit::run_status::Outcome::Error, 2, Some(&msg));
             ExitCode::from(2)
         }
     }

@@ -58,8 +58,10 @@ impl Default for Limits {
         Limits {
             max_file_bytes: 8 << 30,
             max_pickle_bytes: 256 << 20,
-            max_tensor_bytes: 2 << 30,
-            max_total_bytes: 16 << 30,
+            // The converted ONNX model may hold at most 1 GiB per tensor and 1 GiB in all
+            // (`ModelLimits`): a checkpoint that needs more could not become a gradable model.
+            max_tensor_bytes: 1 << 30,
+            max_total_bytes: 2 << 30,
             pickle: PickleLimits::default(),
         }
     }
@@ -112,6 +114,7 @@ pub fn read_state_dict_key(path: &Path, key: Option<&str>) -> Result<BTreeMap<St
 
 /// Read a checkpoint with full control and report where the state_dict was and how it was named.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
+    let _loading = crate::memory::activity(format!("reading checkpoint {}", path.display()));
     load_inner(path, opts).with_context(|| format!("reading PyTorch checkpoint {}", path.display()))
 }
 
@@ -162,7 +165,7 @@ pub fn strip_prefix(
 
 fn load_inner(path: &Path, opts: &LoadOptions<'_>) -> Result<Loaded> {
     let lim = &opts.limits;
-    let file = File::open(path).context("cannot open file")?;
+    let file = crate::safe_fs::open_regular(path, "checkpoint")?;
     let len = file.metadata()?.len();
     ensure!(len > 0, "empty file (0 bytes): not a PyTorch checkpoint");
     ensure!(
@@ -230,7 +233,7 @@ pub struct ScriptModule {
 /// True when `path` is a zip whose records include TorchScript's `code/` folder: a `torch.jit.save`
 /// archive rather than a `torch.save` checkpoint.
 pub fn is_torchscript_archive(path: &Path) -> bool {
-    let Ok(f) = File::open(path) else { return false };
+    let Ok(f) = crate::safe_fs::open_regular(path, "checkpoint") else { return false };
     let Ok(za) = zip::ZipArchive::new(BufReader::new(f)) else { return false };
     let found = za.file_names().flatten().any(|n| {
         let mut parts = n.split('/');
@@ -247,7 +250,7 @@ pub fn read_script_modules(path: &Path, lim: &Limits) -> Result<Vec<ScriptModule
 }
 
 fn read_script_inner(path: &Path, lim: &Limits) -> Result<Vec<ScriptModule>> {
-    let file = File::open(path).context("cannot open file")?;
+    let file = crate::safe_fs::open_regular(path, "checkpoint")?;
     let len = file.metadata()?.len();
     ensure!(len <= lim.max_file_bytes, "file is {len} bytes, over the limit of {} bytes", lim.max_file_bytes);
     let mut src = Source::open_zip(file, len, lim, true)?;
@@ -395,6 +398,11 @@ fn describe_keys(u: &Unpickled, items: &[(Value, Value)]) -> String {
         parts.join(", ")
     }
 }
+
+/// Records and views up to this size are not checked for expansion (small buffers are harmless).
+const MAX_INFLATED_RECORD: u64 = 16 << 20;
+/// Largest inflation of a compressed storage record accepted (deflate of real weights gains ~1.1x).
+const MAX_INFLATION_RATIO: u64 = 8;
 
 struct Budget {
     used: u64,
@@ -586,6 +594,14 @@ impl Source {
                 s.numel,
                 s.stype.name
             );
+            // torch.save stores records uncompressed. A compressed record that inflates far beyond
+            // its stored bytes is a decompression bomb: refused from the zip header, before inflating.
+            ensure!(
+                want <= MAX_INFLATED_RECORD || want / f.compressed_size().max(1) <= MAX_INFLATION_RATIO,
+                "storage record {name} inflates {} compressed bytes to {want} bytes (more than {MAX_INFLATION_RATIO}x); \
+                 torch.save does not compress its records, so this is not a checkpoint it wrote. Refused before reading",
+                f.compressed_size()
+            );
             budget.take(want, &format!("storage {}", s.key))?;
             // Reserve no more than the file could hold: the header's size is only a claim.
             let mut out = Vec::with_capacity(want.min(*file_len) as usize);
@@ -697,6 +713,17 @@ fn materialize(
         t.stride,
         s.key,
         s.numel
+    );
+    // A view that repeats storage elements (a zero or overlapping stride) expands a small storage
+    // into a large tensor; a saved state_dict holds parameters, which never share elements.
+    ensure!(
+        numel <= s.numel || out_bytes <= MAX_INFLATED_RECORD,
+        "view (shape {:?}, stride {:?}) repeats the {} elements of storage {} into {numel} elements ({out_bytes} bytes as f32): \
+         a zero or overlapping stride, which a saved parameter never has. Refused before allocating (save tensor.contiguous())",
+        t.shape,
+        t.stride,
+        s.numel,
+        s.key
     );
     if !cache.contains_key(&s.key) {
         let b = src.storage_bytes(&s, lim, budget)?;

@@ -25,7 +25,7 @@ impl Checkpoint {
         if len > MAX_BYTES {
             bail!("{}: {len} bytes is over the {MAX_BYTES}-byte checkpoint limit", path.display());
         }
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = crate::safe_fs::read_regular(path, MAX_BYTES, "checkpoint")?;
         Self::from_bytes(&bytes).with_context(|| format!("{}: not a readable safetensors checkpoint", path.display()))
     }
 

@@ -46,7 +46,7 @@ pub fn read_label_csv(path: &Path, num_classes: u8) -> Result<Vec<LabelRow>> {
     if meta.len() > MAX_CSV_BYTES {
         bail!("{} is {} bytes, over the {MAX_CSV_BYTES}-byte limit for a label file", path.display(), meta.len());
     }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = crate::safe_fs::read_regular(path, MAX_CSV_BYTES, "label file")?;
     parse_label_csv(&bytes, num_classes).with_context(|| format!("in {}", path.display()))
 }
 

@@ -15,6 +15,8 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, Context, Result};
 use image::{GrayImage, ImageReader, RgbImage};
+
+use crate::data::images::ImageLimits;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -75,26 +77,24 @@ pub struct FaceReport {
 /// sees it: the format comes from the content, not the extension; alpha is dropped rather than
 /// composited; and a truncated PNG still loads, because face_recognition sets PIL's
 /// `LOAD_TRUNCATED_IMAGES = True` on import (see [`load_truncated_png`]).
+///
+/// The file is read as a regular file only, and the grader's [`ImageLimits`] apply as everywhere
+/// else: dimensions over 4096x4096 are refused from the header (the image counts as unreadable).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let decoded = ImageReader::open(path)
-        .with_context(|| format!("opening {}", path.display()))?
+    let limits = ImageLimits::default();
+    let bytes = crate::data::images::read_image_file(path, &limits)?;
+    let decoded = ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
-        .with_context(|| format!("reading {}", path.display()))?
-        .decode()
-        .with_context(|| format!("decoding {}", path.display()));
+        .with_context(|| format!("reading {}", path.display()))
+        .and_then(|mut r| {
+            r.limits(limits.decoder_limits());
+            r.decode().with_context(|| format!("decoding {}", path.display()))
+        });
     match decoded {
         Ok(img) => Ok(img.into_rgb8()),
-        Err(e) if is_png(path) => load_truncated_png(path).map_err(|_| e),
+        Err(e) if bytes.starts_with(b"\x89PNG\r\n\x1a\n") => truncated_png(&bytes, &limits).map_err(|_| e),
         Err(e) => Err(e),
     }
-}
-
-fn is_png(path: &Path) -> bool {
-    let mut sig = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut sig))
-        .is_ok()
-        && sig == *b"\x89PNG\r\n\x1a\n"
 }
 
 /// Largest image the lenient PNG path will allocate (pixels); the header is untrusted input.
@@ -104,8 +104,12 @@ const MAX_LENIENT_PIXELS: u64 = 1 << 26;
 /// image-data chunk is readable, the rows that decode are kept and the rest stay black. A file cut
 /// before that (or an interlaced one, whose rows arrive in passes) is still an error.
 pub fn load_truncated_png(path: &Path) -> Result<RgbImage> {
-    let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut decoder = png::Decoder::new(file);
+    let limits = ImageLimits::default();
+    truncated_png(&crate::data::images::read_image_file(path, &limits)?, &limits)
+}
+
+fn truncated_png(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info()?;
     let (w, h, interlaced) = (
@@ -116,7 +120,7 @@ pub fn load_truncated_png(path: &Path) -> Result<RgbImage> {
     if interlaced {
         return Err(anyhow!("truncated interlaced PNG"));
     }
-    if w == 0 || h == 0 || w as u64 * h as u64 > MAX_LENIENT_PIXELS {
+    if w == 0 || h == 0 || w > limits.max_width || h > limits.max_height || w as u64 * h as u64 > MAX_LENIENT_PIXELS {
         return Err(anyhow!("implausible PNG size {w}x{h}"));
     }
     let channels = match reader.output_color_type().0 {

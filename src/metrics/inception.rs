@@ -76,7 +76,7 @@ pub fn find_default_inception() -> Option<PathBuf> {
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let mut f = crate::safe_fs::open_regular(path, "model")?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -176,12 +176,25 @@ impl InceptionNet {
 /// The images pytorch-fid reads from a folder (its extension list), sorted.
 pub fn fid_image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     const EXT: &[&str] = &["bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"];
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("cannot read folder {}: {e}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXT.contains(&e.to_ascii_lowercase().as_str())))
-        .collect();
+    let mut files: Vec<PathBuf> = vec![];
+    for e in std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("cannot read folder {}: {e}", dir.display()))?.flatten() {
+        let p = e.path();
+        if !p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXT.contains(&e.to_ascii_lowercase().as_str())) {
+            continue;
+        }
+        // The entry itself, not what a link points to: an image folder must hold its own files.
+        let ft = e.file_type().map_err(|err| anyhow::anyhow!("cannot read {}: {err}", p.display()))?;
+        if ft.is_symlink() {
+            bail!(
+                "{} is a symbolic link; the images of {} must be real files inside it (a link could read a file from anywhere)",
+                p.display(),
+                dir.display()
+            );
+        }
+        if ft.is_file() {
+            files.push(p);
+        }
+    }
     files.sort();
     if files.is_empty() {
         bail!("{} holds no images", dir.display());
@@ -236,5 +249,25 @@ mod tests {
         assert!(out[..plane].iter().all(|v| (v - 1.0).abs() < 1e-6));
         assert!(out[plane..2 * plane].iter().all(|v| (v + 1.0).abs() < 1e-6));
         assert!(out[2 * plane..].iter().all(|v| (v - (2.0 * 0.2 - 1.0)).abs() < 1e-6));
+    }
+}
+
+#[cfg(test)]
+mod folder_tests {
+    use super::*;
+
+    /// `grade fid` reads only the folder's own files: a symlink (here to a file outside) is refused,
+    /// like `grade batch` refuses one in a submission.
+    #[test]
+    fn image_folders_refuse_symlinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("imgs");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.png"), b"x").unwrap();
+        std::fs::write(tmp.path().join("secret.png"), b"x").unwrap();
+        assert_eq!(fid_image_files(&dir).unwrap(), vec![dir.join("a.png")]);
+        std::os::unix::fs::symlink(tmp.path().join("secret.png"), dir.join("b.png")).unwrap();
+        let e = fid_image_files(&dir).unwrap_err().to_string();
+        assert!(e.contains("b.png") && e.contains("symbolic link"), "{e}");
     }
 }

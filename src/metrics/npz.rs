@@ -5,7 +5,6 @@
 //! Writing uses deflate like `np.savez_compressed`; reading accepts stored or deflated entries
 //! (np.savez or np.savez_compressed), float32 or float64 in either byte order, C order only.
 
-use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::Path;
 
@@ -70,7 +69,7 @@ pub fn write_stats_npz_with_features(path: &Path, stats: &Stats, features: Optio
 
 /// Reads pytorch-fid statistics; `n` is 0 because the files do not record the sample count.
 pub fn read_stats_npz(path: &Path) -> Result<Stats> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = crate::safe_fs::open_regular(path, "statistics file").with_context(|| format!("opening {}", path.display()))?;
     let mut zip = ZipArchive::new(file).with_context(|| format!("{} is not an .npz (zip) file", path.display()))?;
     let (mu_shape, mu) = read_member(&mut zip, "mu").with_context(|| format!("{}: mu", path.display()))?;
     let (sigma_shape, sigma) =
@@ -89,7 +88,7 @@ pub fn read_stats_npz(path: &Path) -> Result<Stats> {
 
 /// The feature rows stored by [`write_stats_npz_with_features`], if the file has them.
 pub fn read_features_npz(path: &Path) -> Result<Option<(Vec<f32>, usize)>> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = crate::safe_fs::open_regular(path, "statistics file").with_context(|| format!("opening {}", path.display()))?;
     let mut zip = ZipArchive::new(file).with_context(|| format!("{} is not an .npz (zip) file", path.display()))?;
     if zip.index_for_name("features.npy").is_none() {
         return Ok(None);
@@ -107,8 +106,18 @@ fn read_member<R: Read + Seek>(zip: &mut ZipArchive<R>, name: &str) -> Result<(V
         .with_context(|| format!("no '{name}' array in the archive"))?;
     let mut entry = zip.by_name(&member)?;
     let size = entry.size();
+    // numpy's savez stores members uncompressed (savez_compressed gains little on floats): a member
+    // that inflates far beyond its stored bytes is a decompression bomb, refused from the zip header.
+    ensure!(
+        size <= 16 << 20 || size / entry.compressed_size().max(1) <= 8,
+        "member {member} inflates {} compressed bytes to {size} bytes (more than 8x); refused before reading",
+        entry.compressed_size()
+    );
     read_npy(&mut entry, size)
 }
+
+/// Largest array read from a `.npz` (features of 100,000 images at 2048 float32 are 800 MB).
+const MAX_NPY_BYTES: usize = 1 << 30;
 
 fn npy_header(shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|s| s.to_string()).collect();
@@ -158,6 +167,10 @@ fn read_npy(r: &mut impl Read, available: u64) -> Result<(Vec<usize>, Vec<f64>)>
     };
     let count = shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s)).context("shape overflows")?;
     let bytes_needed = count.checked_mul(size).context("shape overflows")?;
+    ensure!(
+        bytes_needed <= MAX_NPY_BYTES,
+        "array of shape {shape:?} needs {bytes_needed} bytes, over the limit of {MAX_NPY_BYTES} bytes; refused before reading"
+    );
     let prefix = (if magic[6] == 1 { 10 } else { 12 } + header_len) as u64;
     ensure!(
         prefix + bytes_needed as u64 <= available,

@@ -64,6 +64,19 @@ const NOISE: KindSpec = KindSpec {
     ],
 };
 
+/// Largest batch size a model may fix in its ports: the grader sizes its input buffers by it.
+pub const MAX_FIXED_BATCH: usize = 1024;
+
+/// Bounds on integer metadata: every one sizes something (the noise schedule has `timesteps`
+/// entries, a latent batch `latent_dim` floats per image, ...), so a value from the file is checked
+/// against its bound before anything is allocated from it.
+pub const INT_METADATA_BOUNDS: &[(&str, i64, i64)] =
+    &[("timesteps", 1, 100_000), ("latent_dim", 1, 65_536), ("num_classes", 1, 1_000)];
+
+fn int_bound(key: &str) -> Option<(i64, i64)> {
+    INT_METADATA_BOUNDS.iter().find(|(k, _, _)| *k == key).map(|&(_, lo, hi)| (lo, hi))
+}
+
 impl ModelKind {
     fn spec(self) -> &'static KindSpec {
         match self {
@@ -204,6 +217,14 @@ impl Contract {
         if kind == ModelKind::Generator {
             c.check_latent(model);
         }
+        // Integer metadata within its bound (file values and overrides alike), before anything uses it.
+        for (key, lo, hi) in INT_METADATA_BOUNDS {
+            if let Some(Ok(v)) = c.metadata.get(*key).map(|v| v.trim().parse::<i64>()) {
+                if !(*lo..=*hi).contains(&v) {
+                    err(&mut c, format!("metadata '{key}' = {v} is outside the bound {lo}..={hi} the grader accepts; fix the model's metadata (or pass --meta {key}=VALUE)"));
+                }
+            }
+        }
         if kind == ModelKind::Noise && !c.metadata.contains_key("null_label") {
             warn(&mut c, "metadata 'null_label' missing: classifier-free guidance (guidance != 1) cannot be used; pass --meta null_label=K".into());
         }
@@ -273,9 +294,16 @@ impl Contract {
         v.trim().parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(|| anyhow!("metadata {key} = {v:?} is not a finite number"))
     }
 
+    /// An integer metadata value, checked against its bound ([`INT_METADATA_BOUNDS`]) when it has one.
     pub fn meta_i64(&self, key: &str) -> Result<i64> {
         let v = self.meta(key)?;
-        v.trim().parse::<i64>().map_err(|_| anyhow!("metadata {key} = {v:?} is not an integer"))
+        let n = v.trim().parse::<i64>().map_err(|_| anyhow!("metadata {key} = {v:?} is not an integer"))?;
+        if let Some((lo, hi)) = int_bound(key) {
+            if !(lo..=hi).contains(&n) {
+                bail!("metadata {key} = {n} is outside the bound {lo}..={hi} the grader accepts; fix the model's metadata (or pass --meta {key}=VALUE)");
+            }
+        }
+        Ok(n)
     }
 
     /// A comma-separated list of `n` finite numbers (a single value is repeated).
@@ -321,6 +349,14 @@ fn check_port(c: &mut Contract, what: &str, spec: &PortSpec, port: &Port) {
                 return;
             }
             (None, DeclaredDim::Fixed(v)) if i == 0 => {
+                if *v as u64 > MAX_FIXED_BATCH as u64 {
+                    c.error(format!(
+                        "{what} '{}' fixes the batch size to {v} (its first dimension), over the limit of {MAX_FIXED_BATCH}; \
+                         export with a dynamic batch axis (dynamic_axes={{'{}': {{0: 'N'}}}}) or a batch of at most {MAX_FIXED_BATCH}",
+                        port.name, port.name
+                    ));
+                    return;
+                }
                 let v = (*v).max(1) as usize;
                 if c.fixed_batch.is_some_and(|b| b != v) {
                     c.error(format!("{what} '{}' fixes the batch to {v}, another port to {}", port.name, c.fixed_batch.unwrap()));

@@ -12,6 +12,7 @@ use crate::runtime::EngineInfo;
 use crate::spec::{GraderSpec, Verdict};
 
 pub mod output_dir;
+pub mod sanitize;
 mod render;
 
 pub use output_dir::OutputDir;

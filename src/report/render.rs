@@ -54,6 +54,11 @@ fn status(s: Status) -> &'static str {
     }
 }
 
+/// Submission text (model names, notes quoting port names) shown without control characters.
+fn clean(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::report::sanitize::line(s)
+}
+
 pub fn table(r: &Report) -> String {
     let mut s = format!("{} — {}\n", r.grader.title, status(r.status));
     if let Some(e) = &r.engine {
@@ -61,7 +66,7 @@ pub fn table(r: &Report) -> String {
     }
     // What was graded, so a run on the bundled defaults or a fixture cannot pass for something else.
     for (k, v) in &r.inputs {
-        s.push_str(&format!("{k}: {v}\n"));
+        s.push_str(&format!("{k}: {}\n", clean(v)));
     }
     if !r.counts.is_empty() {
         let counts: Vec<String> = r.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -92,7 +97,7 @@ pub fn table(r: &Report) -> String {
         s.push_str(&format!("time: {}\n", times.join(", ")));
     }
     for n in &r.notes {
-        s.push_str(&format!("note: {n}\n"));
+        s.push_str(&format!("note: {}\n", clean(n)));
     }
     s
 }
@@ -116,7 +121,7 @@ pub fn markdown(r: &Report) -> String {
         s.push_str(&format!("- backend: {e}\n"));
     }
     for (k, v) in &r.inputs {
-        s.push_str(&format!("- {k}: `{v}`\n"));
+        s.push_str(&format!("- {k}: `{}`\n", clean(v).replace('`', "'")));
     }
     for (k, v) in &r.timings {
         match k.strip_suffix("_per_second") {
@@ -125,7 +130,7 @@ pub fn markdown(r: &Report) -> String {
         }
     }
     for n in &r.notes {
-        s.push_str(&format!("- note: {n}\n"));
+        s.push_str(&format!("- note: {}\n", clean(n)));
     }
     s
 }

@@ -187,8 +187,9 @@ impl OrtEngine {
                 )
             })?;
         }
+        let _loading = crate::memory::activity(format!("building the ONNX Runtime session for {path}"));
         let session = builder
-            .commit_from_memory(&file.bytes)
+            .commit_from_memory(&file.runtime_bytes())
             .map_err(|e| anyhow!("ONNX Runtime cannot load {path}: {e}"))?;
         let version = lib
             .file_name()

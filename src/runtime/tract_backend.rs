@@ -94,6 +94,7 @@ impl TractEngine {
             cuda::ensure_available()?;
         }
         let path = file.path.display().to_string();
+        let _loading = crate::memory::activity(format!("loading {path} into tract"));
         // A hostile file must not take the grader down: a panic inside tract becomes an error.
         let model = catch_quietly(|| tract_onnx::onnx().model_for_proto_model(&file.proto))
             .ok_or_else(|| anyhow!("tract crashed while loading {path}; the model is malformed (try --backend ort for its diagnosis)"))?
@@ -140,6 +141,7 @@ impl TractEngine {
         if let Some(p) = self.plans.get(&shapes) {
             return Ok(p.clone());
         }
+        let _loading = crate::memory::activity(format!("preparing {} (constant folding) for input shapes {shapes:?}", self.path));
         let mut m = self.model.clone();
         for (ix, name) in self.input_names.iter().enumerate() {
             let i = inputs.iter().find(|i| i.name == name).unwrap();

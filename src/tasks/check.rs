@@ -106,20 +106,22 @@ pub fn run(path: &Path, kind: ModelKind, meta: &BTreeMap<String, String>, opts: 
 
 impl CheckReport {
     pub fn to_text(&self) -> String {
+        // Every field may hold the submission's text: one line each, no control characters.
+        use crate::report::sanitize::line as l;
         let mut s = format!(
             "{}: {} as a {} model\n",
-            self.model,
+            l(&self.model),
             if self.ok { "OK" } else { "DOES NOT MEET THE CONTRACT" },
             self.kind.name()
         );
         s.push_str(&format!("  backend: {}\n", self.backend.as_deref().unwrap_or("not loaded")));
         s.push_str(&format!("  opset: {}\n", self.opset.map(|o| o.to_string()).unwrap_or_else(|| "none".into())));
         s.push_str(&format!("  parameters: {}\n", self.parameters));
-        s.push_str(&format!("  inputs: {}\n", self.inputs.join("; ")));
-        s.push_str(&format!("  outputs: {}\n", self.outputs.join("; ")));
-        s.push_str(&format!("  operators: {}\n", self.ops.join(", ")));
+        s.push_str(&format!("  inputs: {}\n", l(&self.inputs.join("; "))));
+        s.push_str(&format!("  outputs: {}\n", l(&self.outputs.join("; "))));
+        s.push_str(&format!("  operators: {}\n", l(&self.ops.join(", "))));
         for (k, v) in &self.metadata {
-            s.push_str(&format!("  metadata {k} = {v}\n"));
+            s.push_str(&format!("  metadata {} = {}\n", l(k), l(v)));
         }
         for f in &self.findings {
             let tag = match f.level {
@@ -127,7 +129,7 @@ impl CheckReport {
                 Level::Warning => "warning",
                 Level::Info => "info",
             };
-            s.push_str(&format!("  {tag}: {}\n", f.message));
+            s.push_str(&format!("  {tag}: {}\n", l(f.message.trim_end())));
         }
         s
     }

@@ -50,6 +50,7 @@ pub fn run(args: &DannArgs, opts: &RunOptions) -> Result<Report> {
     };
     let size = spec.data_int("image_size")? as u32;
     let deadline = crate::budget::Deadline::start(opts.budget.unwrap_or(spec.budget()));
+    let load_stop = opts.arm_load_stop(deadline, &spec);
 
     let (model, bundled) = super::given_or_bundled(&args.model, &spec, "MODEL.onnx")?;
     let t0 = Instant::now();
@@ -70,6 +71,7 @@ pub fn run(args: &DannArgs, opts: &RunOptions) -> Result<Report> {
 
     let mut partial = report.clone();
     partial.metric("accuracy", None);
+    drop(load_stop);
     let _hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
     let limits = ImageLimits::default();
     let mut counter = AccuracyCounter::new(clf.classes);

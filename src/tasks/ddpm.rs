@@ -166,6 +166,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     // The quality pass's reference digits are read before the budget's clock starts.
     let quality = super::ddpm_quality::prepare(&spec, args.reference.as_deref(), &clf_path, per_class, opts)?;
     let deadline = Deadline::start(opts.budget.unwrap_or(spec.budget()));
+    let load_stop = opts.arm_load_stop(deadline, &spec);
     let sampler = match args.sampler {
         Some(a) => a,
         None => match s.get("sampler").and_then(|v| v.as_str()).unwrap_or("dpm-solver") {
@@ -219,6 +220,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
 
     let mut partial = report.clone();
     partial.metric("accuracy", None);
+    drop(load_stop);
     let _hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
     let total_images = per_class * classes;
     // Sampling batches as [first, end) ranges of image numbers (digit = number / per_class): within a digit

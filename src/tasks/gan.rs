@@ -13,7 +13,7 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use super::RunOptions;
-use crate::data::images::{load_rgb, ImageLimits};
+use crate::data::images::ImageLimits;
 use crate::metrics::faces;
 use crate::metrics::fid::{self, Stats};
 use crate::metrics::inception::{fid_image_files, locate_inception, InceptionNet};
@@ -112,6 +112,10 @@ impl Generator {
     }
 }
 
+/// Most bytes (files read plus RGB pixels decoded) held at once while an Inception batch is decoded:
+/// a batch of 50 homework images (64x64) is a few hundred KB; 50 big photos are decoded in groups.
+const FID_MAX_DECODED_BYTES: u64 = 256 << 20;
+
 /// Inception features of the images in `dir` (decoded like pytorch-fid: converted to RGB).
 pub fn folder_features(dir: &Path, net: &mut InceptionNet, quiet: bool) -> Result<(Vec<f32>, usize)> {
     let files = fid_image_files(dir)?;
@@ -123,24 +127,12 @@ pub fn folder_features(dir: &Path, net: &mut InceptionNet, quiet: bool) -> Resul
     let mut feats = Vec::with_capacity(files.len() * 2048);
     let mut size = None;
     for chunk in files.chunks(net.batch) {
-        let imgs: Result<Vec<RgbImage>> = chunk.par_iter().map(|p| load_rgb(p, &limits)).collect();
-        let imgs = imgs?;
-        for (img, p) in imgs.iter().zip(chunk) {
-            // pytorch-fid batches images, so they must share one size.
-            match size {
-                None => size = Some(img.dimensions()),
-                Some(s) if s != img.dimensions() => bail!(
-                    "{} is {}x{} but earlier images are {}x{}; pytorch-fid needs one size per folder",
-                    p.display(),
-                    img.width(),
-                    img.height(),
-                    s.0,
-                    s.1
-                ),
-                _ => {}
-            }
-        }
-        feats.extend(net.features(&imgs)?);
+        // Headers first (sizes, one size per folder: pytorch-fid batches images); at most
+        // FID_MAX_DECODED_BYTES decoded at once, so a batch of decompression bombs is cut into groups.
+        crate::data::images::for_each_rgb_group(chunk, &limits, FID_MAX_DECODED_BYTES, &mut size, |imgs| {
+            feats.extend(net.features(imgs)?);
+            Ok(())
+        })?;
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -168,6 +160,7 @@ pub fn reference_stats(reference: &Path, net: &mut InceptionNet, quiet: bool) ->
 pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     let spec = GraderSpec::load("gan", args.spec.as_deref())?;
     let deadline = crate::budget::Deadline::start(opts.budget.unwrap_or(spec.budget()));
+    let load_stop = opts.arm_load_stop(deadline, &spec);
     let count = spec.data_int("images")? as usize;
     let seed = args.seed.unwrap_or(spec.sampling.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64);
     let batch = if opts.batch > 0 { opts.batch } else { spec.sampling.get("batch").and_then(|v| v.as_integer()).unwrap_or(100) as usize };
@@ -190,6 +183,7 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     let mut partial = report.clone();
     partial.metric("fid", None);
     partial.metric("face_accuracy", None);
+    drop(load_stop);
     let hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
     // Generation under the budget (checked between batches).
     let images_dir = out.subdir("images")?;

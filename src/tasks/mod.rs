@@ -46,6 +46,31 @@ impl RunOptions {
         };
         crate::report::OutputDir::create(&path, self.force)
     }
+
+    /// The hard stop for the loading phase (reading the model, building the session, constant
+    /// folding), armed as soon as the budget starts: a model that takes minutes to load is stopped at
+    /// the same budget plus grace as one that takes minutes to run. Drop it when the run arms its own
+    /// hard stop. On firing, a report saying so goes to `--out` (when given and usable), exit code 1.
+    pub fn arm_load_stop(&self, deadline: crate::budget::Deadline, spec: &crate::spec::GraderSpec) -> crate::budget::HardStop {
+        let mut partial = crate::report::Report::new(spec);
+        let out = self.out.clone();
+        let (force, extra) = (self.force, self.extra.clone());
+        crate::budget::HardStop::arm(deadline, move || {
+            let during = crate::memory::current_activity().unwrap_or_else(|| "loading the model".into());
+            partial.status = crate::report::Status::OverBudget;
+            partial.notes.push(format!(
+                "stopped while {during}: loading ran past the {:.0} s budget (plus grace) before grading could start; nothing was graded",
+                deadline.budget().as_secs_f64()
+            ));
+            if let Some(dir) = out.as_ref().and_then(|o| crate::report::OutputDir::create(o, force).ok()) {
+                let _ = partial.write_all(&dir, &extra);
+            }
+            eprintln!(
+                "error: over budget: still {} when the time budget ran out",
+                crate::report::sanitize::line(&during)
+            );
+        })
+    }
 }
 
 /// Parses `key=value` pairs from `--meta`.

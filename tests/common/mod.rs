@@ -118,6 +118,27 @@ pub fn memory_hog_classifier(floats: i64) -> tract_onnx::pb::ModelProto {
     g.build()
 }
 
+/// A classifier that allocates `per_item` floats per image at run time (ConstantOfShape of
+/// [N, per_item]): its size depends on the batch, so no check of the file's declarations refuses it.
+pub fn batch_sized_memory_hog_classifier(per_item: i64) -> tract_onnx::pb::ModelProto {
+    use gradekit::onnx::writer::{Attr, Dim, Elem, GraphBuilder};
+    let mut g = GraphBuilder::new("hog");
+    let x = g.input("image", Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)]);
+    let shape = g.node("Shape", &[&x], &[]);
+    let zero = g.const_i64("zero", &[1], &[0]);
+    let n = g.node("Gather", &[&shape, &zero], &[Attr::Int("axis", 0)]);
+    let per = g.const_i64("per_item", &[1], &[per_item]);
+    let big_shape = g.node("Concat", &[&n, &per], &[Attr::Int("axis", 0)]);
+    let big = g.node("ConstantOfShape", &[&big_shape], &[]);
+    let s = g.node("ReduceSum", &[&big], &[Attr::Int("keepdims", 0)]);
+    let f = g.node("Flatten", &[&x], &[Attr::Int("axis", 1)]);
+    let w = g.weight("w", &[10, 2352], &vec![0.0; 23520]);
+    let y = g.node("Gemm", &[&f, &w], &[Attr::Int("transB", 1)]);
+    let y = g.node("Add", &[&y, &s], &[]);
+    g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
+    g.build()
+}
+
 /// A `grade batch` class.json's students without the timings (which differ from run to run).
 pub fn class_results_without_time(p: &Path) -> serde_json::Value {
     let mut v = read_json(p)["students"].clone();

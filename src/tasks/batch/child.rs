@@ -32,7 +32,8 @@ pub enum Ended {
 pub struct Outcome {
     pub ended: Ended,
     pub seconds: f64,
-    /// The last `error: ...` line the child printed, if any.
+    /// The error the child recorded in its status file (never text scanned from its log, which the
+    /// submission can fill with whatever it likes).
     pub error: Option<String>,
 }
 
@@ -42,8 +43,18 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(pages * 4096)
 }
 
-/// Runs `cmd` with stdout and stderr into `log`, killing its process group past the limits.
-pub fn run(mut cmd: Command, log: &Path, limits: Limits) -> Result<Outcome> {
+/// Runs `cmd` with stdout and stderr into `log`, killing its process group past the limits. The
+/// child (this `grade` binary) reports how it ended in `status` (`run_status`, named to it in
+/// `GRADEKIT_STATUS_FILE`); that file, the exit status and the parent's own kills are the only
+/// sources of the outcome. The log is for people and is never parsed.
+pub fn run(mut cmd: Command, log: &Path, status: &Path, limits: Limits) -> Result<Outcome> {
+    match std::fs::remove_file(status) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot clear {}", status.display()));
+        }
+        _ => {}
+    }
+    cmd.env(crate::run_status::ENV, status);
     let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
@@ -68,7 +79,7 @@ pub fn run(mut cmd: Command, log: &Path, limits: Limits) -> Result<Outcome> {
         libc::kill(-(pid as i32), libc::SIGKILL);
     };
     let mut killed: Option<Ended> = None;
-    let status = loop {
+    let st = loop {
         if let Some(st) = child.try_wait()? {
             break st;
         }
@@ -86,18 +97,17 @@ pub fn run(mut cmd: Command, log: &Path, limits: Limits) -> Result<Outcome> {
     // Anything the child started in its group goes too.
     kill();
     let seconds = started.elapsed().as_secs_f64();
-    let text = std::fs::read(log).map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
-    let mut error = text.lines().rev().find(|l| l.starts_with("error:")).map(|l| l.trim_start_matches("error:").trim().to_string());
-    // The child's watchdog, Rust's allocation-failure abort, or tract reporting a failed allocation
-    // (the data-segment cap refusing one absurd request).
-    let oom_text = ["memory limit exceeded", "memory allocation of", "failed to allocate"].iter().any(|t| text.contains(t));
-    let ended = match (killed, status.code(), status.signal()) {
-        (Some(k), _, _) => k,
-        (None, Some(2), _) if oom_text => Ended::OverMemory,
-        (None, Some(c), _) => Ended::Exited(c),
-        (None, None, Some(_)) if oom_text => Ended::OverMemory,
-        (None, None, Some(s)) => Ended::Signal(s),
-        (None, None, None) => Ended::Signal(0),
+    let recorded = crate::run_status::read(status);
+    let over_memory = recorded.as_ref().is_some_and(|r| r.outcome == crate::run_status::Outcome::MemoryLimit);
+    let mut error = recorded.and_then(|r| r.error);
+    let ended = match (killed, status_code(&st)) {
+        (Some(k), _) => k,
+        // The child's watchdog or a failed allocation (the data-segment cap refusing one absurd
+        // request) said so through the status file.
+        (None, _) if over_memory => Ended::OverMemory,
+        (None, (Some(c), _)) => Ended::Exited(c),
+        (None, (None, Some(s))) => Ended::Signal(s),
+        (None, (None, None)) => Ended::Signal(0),
     };
     if error.is_none() && matches!(ended, Ended::OverMemory) {
         error = Some("memory allocation failed (over the memory limit)".into());
@@ -110,6 +120,10 @@ pub fn run(mut cmd: Command, log: &Path, limits: Limits) -> Result<Outcome> {
         }
     }
     Ok(Outcome { ended, seconds, error })
+}
+
+fn status_code(st: &std::process::ExitStatus) -> (Option<i32>, Option<i32>) {
+    (st.code(), st.signal())
 }
 
 #[cfg(test)]
@@ -126,8 +140,15 @@ mod tests {
     fn exit_codes_errors_and_time_limit() {
         let tmp = tempfile::tempdir().unwrap();
         let log = tmp.path().join("log");
+        let st = tmp.path().join("status.json");
         let lim = Limits { time: Duration::from_secs(20), memory: 1 << 30 };
-        let o = run(sh("echo hello; echo 'error: model x.onnx is bad' >&2; exit 2"), &log, lim).unwrap();
+        let o = run(
+            sh(r#"echo hello; echo 'error: model x.onnx is bad' >&2; echo '{"outcome":"error","exit_code":2,"error":"model x.onnx is bad"}' > "$GRADEKIT_STATUS_FILE"; exit 2"#),
+            &log,
+            &st,
+            lim,
+        )
+        .unwrap();
         assert_eq!(o.ended, Ended::Exited(2));
         assert_eq!(o.error.as_deref(), Some("model x.onnx is bad"));
         assert!(std::fs::read_to_string(&log).unwrap().contains("hello"));
@@ -135,11 +156,40 @@ mod tests {
         let t = Instant::now();
         let lim = Limits { time: Duration::from_millis(300), memory: 1 << 30 };
         // The sleeping grandchild is killed with the group.
-        let o = run(sh("sleep 30 & sleep 30"), &log, lim).unwrap();
+        let o = run(sh("sleep 30 & sleep 30"), &log, &st, lim).unwrap();
         assert_eq!(o.ended, Ended::TimedOut);
         assert!(t.elapsed() < Duration::from_secs(5));
 
-        let o = run(sh("kill -SEGV $$"), &log, Limits { time: Duration::from_secs(20), memory: 1 << 30 }).unwrap();
+        let o = run(sh("kill -SEGV $$"), &log, &st, Limits { time: Duration::from_secs(20), memory: 1 << 30 }).unwrap();
         assert_eq!(o.ended, Ended::Signal(libc::SIGSEGV));
+    }
+
+    /// The log is the submission's to fill: forged `error:` lines and allocation messages in it change
+    /// nothing; only the status file and the exit status count.
+    #[test]
+    fn the_log_cannot_forge_the_outcome() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("log");
+        let st = tmp.path().join("status.json");
+        let lim = Limits { time: Duration::from_secs(20), memory: 1 << 30 };
+        let forged = "echo 'error: FORGED passed with 100%'; echo 'memory allocation of 99 bytes failed' >&2; echo 'memory limit exceeded'";
+        let o = run(
+            sh(&format!(r#"{forged}; echo '{{"outcome":"error","exit_code":2,"error":"the real contract error"}}' > "$GRADEKIT_STATUS_FILE"; exit 2"#)),
+            &log,
+            &st,
+            lim,
+        )
+        .unwrap();
+        assert_eq!(o.ended, Ended::Exited(2));
+        assert_eq!(o.error.as_deref(), Some("the real contract error"));
+        // No status file at all: the exit code alone, no error text taken from the log.
+        let o = run(sh(&format!("{forged}; exit 2")), &log, &st, lim).unwrap();
+        assert_eq!(o.ended, Ended::Exited(2));
+        assert_eq!(o.error, None);
+        let o = run(sh(&format!("{forged}; kill -ABRT $$")), &log, &st, lim).unwrap();
+        assert_eq!(o.ended, Ended::Signal(libc::SIGABRT));
+        // A status file that says memory-limit is believed (the grade binary's watchdog writes it).
+        let o = run(sh(r#"echo '{"outcome":"memory-limit","exit_code":2,"error":"memory limit exceeded while reading model m.onnx"}' > "$GRADEKIT_STATUS_FILE"; exit 2"#), &log, &st, lim).unwrap();
+        assert_eq!(o.ended, Ended::OverMemory);
     }
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use walkdir::WalkDir;
 
+use crate::report::sanitize;
+
 /// The graders `grade batch` knows, in scoreboard order, with the files that feed them.
 pub const GRADERS: &[GraderFiles] = &[
     GraderFiles { grader: "gan", onnx: "gan.onnx", csv: None },
@@ -68,14 +70,22 @@ pub fn discover(root: &Path) -> Result<Vec<Student>> {
         let entry = entry.with_context(|| format!("cannot read {}", root.display()))?;
         let name = entry.file_name().to_string_lossy().to_string();
         let ft = entry.file_type();
-        if ft.is_file() {
-            continue; // a README or a roster next to the student folders
+        // Only folders are students (a symlink is one refused below). Files (a README, a roster),
+        // FIFOs, sockets and devices next to the student folders are not submissions.
+        if !ft.is_dir() && !ft.is_symlink() {
+            continue;
         }
-        let mut s = Student { id: name.clone(), dir: entry.path().to_path_buf(), submissions: vec![], refused: None };
+        // The id is shown on the terminal and in every report: a name that is not a usable id (control
+        // characters, ANSI escapes, spaces...) is shown escaped, never raw.
+        let id = if valid_id(&name) { name.clone() } else { name.escape_default().to_string() };
+        let mut s = Student { id, dir: entry.path().to_path_buf(), submissions: vec![], refused: None };
         if ft.is_symlink() {
-            s.refused = Some(format!("{} is a symbolic link; student folders must be real folders inside {}", entry.path().display(), root.display()));
+            s.refused = Some(format!(
+                "{} is a symbolic link; student folders must be real folders inside {}",
+                sanitize::line(&entry.path().display().to_string()),
+                sanitize::line(&root.display().to_string())
+            ));
         } else if !valid_id(&name) {
-            s.id = name.escape_default().to_string();
             s.refused = Some(format!("folder name {name:?} is not a usable student id (letters, digits, '.', '_', '-'; at most 64)"));
         } else {
             match scan_student(entry.path()) {
@@ -88,23 +98,42 @@ pub fn discover(root: &Path) -> Result<Vec<Student>> {
     Ok(students)
 }
 
-/// A student's grader files; any symlink inside the folder refuses the whole submission.
+/// A student's grader files. Everything inside the folder must be a real folder or a regular file
+/// with one link: a symlink could point outside the submission, and so could a hard link (another
+/// student's file, the course data), which is indistinguishable from the file itself once made. A
+/// FIFO, socket or device is refused too. Any of these refuses the whole submission.
 fn scan_student(dir: &Path) -> Result<Vec<(&'static str, Submission)>> {
+    use std::os::unix::fs::MetadataExt;
     for entry in WalkDir::new(dir).min_depth(1).max_depth(8).follow_links(false) {
         let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        if entry.file_type().is_symlink() {
+        let shown = sanitize::line(&entry.path().display().to_string()).into_owned();
+        let ft = entry.file_type();
+        if ft.is_symlink() {
+            bail!("{shown} is a symbolic link; submissions must hold real files (links could point outside the submission)");
+        }
+        if ft.is_dir() {
+            continue;
+        }
+        if !ft.is_file() {
+            bail!("{shown} is not a regular file (a FIFO, socket or device); submissions must hold real files");
+        }
+        let meta = entry.metadata().with_context(|| format!("cannot read {shown}"))?;
+        if meta.nlink() > 1 {
             bail!(
-                "{} is a symbolic link; submissions must hold real files (links could point outside the submission)",
-                entry.path().display()
+                "{shown} is a hard link ({} names for one file); submissions must hold their own files \
+                 (a hard link could be another student's file or the course data). Copy the file instead",
+                meta.nlink()
             );
         }
     }
     let mut subs = vec![];
     for g in GRADERS {
         let onnx = dir.join(g.onnx);
-        if onnx.is_file() {
+        // symlink_metadata: what the walk above saw, not a link's target.
+        let is_file = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+        if is_file(&onnx) {
             subs.push((g.grader, Submission::Onnx(onnx)));
-        } else if let Some(csv) = g.csv.map(|c| dir.join(c)).filter(|c| c.is_file()) {
+        } else if let Some(csv) = g.csv.map(|c| dir.join(c)).filter(|c| is_file(c)) {
             subs.push((g.grader, Submission::Csv(csv)));
         }
     }
@@ -158,5 +187,34 @@ mod tests {
         assert!(s[2].refused.as_deref().unwrap().contains("symbolic link"), "{:?}", s[2].refused);
         assert!(s[3].refused.as_deref().unwrap().contains("symbolic link"));
         assert!(discover(&root.join("nope")).is_err());
+    }
+
+    /// Only folders are students; hard links, FIFOs and symlinks inside a submission refuse it; an
+    /// id that is not usable is shown escaped, whatever kind of entry it is.
+    #[test]
+    fn only_folders_are_students_and_only_own_files_are_graded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("class");
+        let mkfifo = |p: &Path| {
+            let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        };
+        std::fs::create_dir_all(root.join("ann")).unwrap();
+        std::fs::write(root.join("ann/gan.onnx"), b"x").unwrap();
+        std::fs::write(tmp.path().join("outside.onnx"), b"x").unwrap();
+        std::fs::create_dir_all(root.join("hal")).unwrap();
+        std::fs::hard_link(tmp.path().join("outside.onnx"), root.join("hal/gan.onnx")).unwrap();
+        std::fs::create_dir_all(root.join("kit")).unwrap();
+        mkfifo(&root.join("kit/gan.onnx"));
+        mkfifo(&root.join("pipe"));
+        std::os::unix::fs::symlink(root.join("ann"), root.join("x\x1b[2Jy")).unwrap();
+        let s = discover(&root).unwrap();
+        let ids: Vec<&str> = s.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["ann", "hal", "kit", "x\\u{1b}[2Jy"]);
+        assert!(s[0].refused.is_none() && s[0].submissions.len() == 1);
+        assert!(s[1].refused.as_deref().unwrap().contains("hard link"), "{:?}", s[1].refused);
+        assert!(s[2].refused.as_deref().unwrap().contains("not a regular file"), "{:?}", s[2].refused);
+        let why = s[3].refused.as_deref().unwrap();
+        assert!(why.contains("symbolic link") && !why.contains('\x1b'), "{why:?}");
     }
 }

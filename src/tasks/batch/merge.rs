@@ -24,7 +24,8 @@ pub fn merge(inputs: &[PathBuf], out: &Path, force: bool) -> Result<MergeOutcome
     let mut reports = vec![];
     for p in inputs {
         let f = class_file(p);
-        let bytes = std::fs::read(&f).with_context(|| format!("cannot read {} (give the --out folders of `grade batch` runs)", f.display()))?;
+        let bytes = crate::safe_fs::read_regular(&f, 1 << 30, "class report")
+            .with_context(|| format!("cannot read {} (give the --out folders of `grade batch` runs)", f.display()))?;
         let r: ClassReport = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a gradekit class report", f.display()))?;
         reports.push((f.parent().map(Path::to_path_buf).unwrap_or_default(), r));
     }

@@ -269,6 +269,8 @@ pub fn run(args: &BatchArgs) -> Result<ClassReport> {
                                 r.seconds,
                                 grader_line(&r)
                             );
+                            // Errors quote submissions (names, metadata): no control characters on the terminal.
+                            let line = crate::report::sanitize::line(&line).into_owned();
                             // A bar that is not drawn (stderr is a CI log, not a terminal) prints nothing.
                             if pb.is_hidden() {
                                 println!("{line}");
@@ -525,7 +527,7 @@ fn run_grader(
     }
     cmd.arg("--out").arg(&gdir).args(["--force", "--quiet"]);
     let limits = child::Limits { time: args.timeout.unwrap_or(spec.budget() + args.grace), memory: args.student_memory };
-    let o = child::run(cmd, &out.path(&format!("{dir_rel}/{grader}.log"))?, limits)?;
+    let o = child::run(cmd, &out.path(&format!("{dir_rel}/{grader}.log"))?, &out.path(&format!("{dir_rel}/{grader}.status.json"))?, limits)?;
     let file_name = sub.path().file_name().map(|n| n.to_string_lossy().to_string());
     let mut r = GraderResult {
         grader: grader.into(),
@@ -562,7 +564,7 @@ fn run_grader(
             r.exit_code = Some(code);
             let report = gdir.join("report.json");
             if code <= 1 && report.is_file() {
-                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+                let v: serde_json::Value = serde_json::from_slice(&crate::safe_fs::read_regular(&report, 64 << 20, "grader report")?)?;
                 r.status = match v["status"].as_str() {
                     Some("passed") => GradeStatus::Passed,
                     Some("over-budget") => GradeStatus::OverBudget,

@@ -63,13 +63,15 @@ pub fn csv(r: &ClassReport) -> Result<String> {
             }
             row.push(gr.and_then(|x| x.error.clone()).unwrap_or_default());
         }
-        w.write_record(&row)?;
+        // Ids, errors and names may quote a submission: no control characters in any cell.
+        w.write_record(row.iter().map(|c| crate::report::sanitize::line(c).into_owned()))?;
     }
     Ok(String::from_utf8(w.into_inner().map_err(|e| anyhow::anyhow!("scoreboard.csv: {e}"))?)?)
 }
 
+/// HTML-escaped, with control characters (ANSI escapes from a submission) made visible first.
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    crate::report::sanitize::line(s).replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 fn fmt(v: f64) -> String {
