@@ -8,4 +8,6 @@ pub mod inception;
 pub mod interval;
 pub mod kid;
 mod linalg;
+pub mod memorisation;
+pub mod digit_features;
 pub mod npz;

@@ -506,6 +506,8 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         m.insert("per_digit_accuracy".into(), serde_json::json!(acc.per_class));
         m.insert("confusion".into(), serde_json::json!(acc.confusion));
     }
+    // Integrity: memorised training digits (tasks/integrity.rs), beside the accuracy, never changing it.
+    super::integrity::ddpm_memorisation(&spec, &clf_path, &generated, &out, opts, &mut report)?;
     report.settle();
     report.write_all(&out, &opts.extra)?;
     if !opts.quiet {

@@ -9,6 +9,7 @@ pub mod dann;
 pub mod ddpm;
 pub mod digits;
 pub mod gan;
+pub mod integrity;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
