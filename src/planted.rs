@@ -211,6 +211,22 @@ pub fn reexport(model: &pb::ModelProto, how: &Reexport) -> Result<pb::ModelProto
         g.node.push(node("Mul", &["folded_pre", "folded_one"], &out, vec![]));
     }
     if let Some(o) = how.opset {
+        let from = m.opset_import.iter().find(|o| o.domain.is_empty()).map(|o| o.version).unwrap_or(1);
+        // Opset 18 moved the Reduce* ops' `axes` from an attribute to an input (ReduceSum in 13).
+        let g = m.graph.as_mut().context("no graph")?;
+        let mut extra = vec![];
+        for (i, n) in g.node.iter_mut().enumerate() {
+            let moved = if n.op_type == "ReduceSum" { 13 } else { 18 };
+            if n.op_type.starts_with("Reduce") && from < moved && o >= moved {
+                if let Some(k) = n.attribute.iter().position(|a| a.name == "axes") {
+                    let axes = n.attribute.remove(k).ints;
+                    let name = format!("axes_{i}");
+                    extra.push(tensor(&name, &[axes.len() as i64], DataType::Int64, axes.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                    n.input.push(name);
+                }
+            }
+        }
+        g.initializer.extend(extra);
         for op in m.opset_import.iter_mut().filter(|o| o.domain.is_empty()) {
             op.version = o;
         }

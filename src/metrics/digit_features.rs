@@ -1,4 +1,4 @@
-//! Features of 28x28 digits from a digit classifier's penultimate layer (the bundled judge's 84-wide
+//! Features of 28x28 digits from a digit classifier's penultimate layer (the bundled judge's 64-wide
 //! `relu(fc2)`): the classifier's ONNX graph is cut before its last linear layer, in memory, so any
 //! judge of the usual shape (... -> Gemm/MatMul [-> Add] [-> (Log)Softmax] [-> Identity] -> logits)
 //! gives a feature extractor without a second model file. Used by the digit memorisation check.
