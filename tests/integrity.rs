@@ -349,7 +349,7 @@ fn fingerprints_separate_reexported_copies_from_independent_generators_and_noise
         let (dc, dother) = (worst(&fa, &fc), worst(&fa, &fo));
         eprintln!("{kind:?}: copy {dc:.3e}, independent {dother:.3e}");
         assert!(dc < OUTPUT_THRESHOLD / 10.0, "{kind:?}: the re-exported copy is {dc} away");
-        assert!(dother > 100.0 * OUTPUT_THRESHOLD, "{kind:?}: an independent model is only {dother} away");
+        assert!(dother > 10.0 * OUTPUT_THRESHOLD, "{kind:?}: an independent model is only {dother} away");
         assert_eq!(similarity::weights_shared(&fa.weights, &fc.weights), 0.0, "noise changes every tensor");
         assert_eq!(similarity::weights_shared(&fa.weights, &fa.weights), 1.0);
     }
