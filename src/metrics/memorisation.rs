@@ -298,9 +298,22 @@ pub fn train_features(
     cache: Option<&Path>,
     compute: impl FnOnce(&Path, &[String]) -> Result<(Vec<f32>, usize)>,
 ) -> Result<(TrainFeatures, bool)> {
+    train_features_if(source, what, files, model, cache, true, compute)?.context("training features are not cached")
+}
+
+/// [`train_features`], computing them only when `may_compute` (else `None` when not cached).
+pub fn train_features_if(
+    source: &Path,
+    what: &str,
+    files: impl FnOnce(&Path) -> Result<Vec<String>>,
+    model: &Path,
+    cache: Option<&Path>,
+    may_compute: bool,
+    compute: impl FnOnce(&Path, &[String]) -> Result<(Vec<f32>, usize)>,
+) -> Result<Option<(TrainFeatures, bool)>> {
     if source.is_file() {
         let t = TrainFeatures::load(source)?;
-        return Ok((t, true));
+        return Ok(Some((t, true)));
     }
     if !source.is_dir() {
         bail!("training images {} not found", source.display());
@@ -311,9 +324,12 @@ pub fn train_features(
     if let Some(c) = &cached {
         if let Ok(t) = TrainFeatures::load(c) {
             if t.key == key && t.files == names {
-                return Ok((t, true));
+                return Ok(Some((t, true)));
             }
         }
+    }
+    if !may_compute {
+        return Ok(None);
     }
     let (features, dim) = compute(source, &names)?;
     let t = TrainFeatures { dir: std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf()), files: names, features, dim, key };
@@ -323,7 +339,7 @@ pub fn train_features(
             eprintln!("note: cannot cache training features in {}: {e:#}", c.display());
         }
     }
-    Ok((t, false))
+    Ok(Some((t, false)))
 }
 
 /// The closest pairs, generated beside training, most similar first: one tile per pair, the

@@ -507,7 +507,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         m.insert("confusion".into(), serde_json::json!(acc.confusion));
     }
     // Integrity: memorised training digits (tasks/integrity.rs), beside the accuracy, never changing it.
-    super::integrity::ddpm_memorisation(&spec, &clf_path, &generated, &out, opts, &mut report)?;
+    super::integrity::ddpm_memorisation(&spec, &clf_path, &generated, &out, opts, &deadline, &mut report)?;
     report.settle();
     report.write_all(&out, &opts.extra)?;
     if !opts.quiet {

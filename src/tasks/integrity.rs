@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use image::RgbImage;
 
 use crate::metrics::inception::{fid_image_files, InceptionNet};
@@ -148,7 +148,18 @@ pub const DIGIT_TRAIN: &str = "digit-train-judge";
 
 /// Judge-penultimate features of the training digits (`dir` with data/ and train.csv, or a feature file).
 pub fn digit_train_features(source: &Path, judge: &Path, rt: &crate::runtime::RuntimeOptions, cache: Option<&Path>, quiet: bool) -> Result<(TrainFeatures, bool)> {
-    memorisation::train_features(
+    digit_train_features_if(source, judge, rt, cache, quiet, true)?.context("training features are not cached")
+}
+
+fn digit_train_features_if(
+    source: &Path,
+    judge: &Path,
+    rt: &crate::runtime::RuntimeOptions,
+    cache: Option<&Path>,
+    quiet: bool,
+    may_compute: bool,
+) -> Result<Option<(TrainFeatures, bool)>> {
+    memorisation::train_features_if(
         source,
         DIGIT_TRAIN,
         |d| {
@@ -157,6 +168,7 @@ pub fn digit_train_features(source: &Path, judge: &Path, rt: &crate::runtime::Ru
         },
         judge,
         cache,
+        may_compute,
         |d, names| {
             use rayon::prelude::*;
             if !quiet {
@@ -183,12 +195,15 @@ pub fn digit_train_features(source: &Path, judge: &Path, rt: &crate::runtime::Ru
 /// Memorisation of the generated digits against the training digits (the spec's `[data] train`,
 /// MNIST-M train), in the judge's penultimate features: metrics, `memorisation.png`, notes, the
 /// verdict line. A judge that cannot be cut to its penultimate layer, or no training digits, is a note.
+/// `deadline` is the run's: the budget's hard stop is still armed here, so uncached training features
+/// are computed only when there is time left before it (else a note says how to cache them).
 pub fn ddpm_memorisation(
     spec: &crate::spec::GraderSpec,
     judge: &Path,
     generated: &[(String, u8, RgbImage)],
     out: &OutputDir,
     opts: &super::RunOptions,
+    deadline: &crate::budget::Deadline,
     report: &mut Report,
 ) -> Result<()> {
     let Some(source) = train_source(&None, spec) else {
@@ -211,7 +226,17 @@ pub fn ddpm_memorisation(
         }
     };
     let cache = memorisation::cache_dir();
-    let (train, cached) = digit_train_features(&source, judge, &opts.runtime, cache.as_deref(), opts.quiet)?;
+    // The hard stop fires at the budget plus 10% (at least 5 s): keep 5 minutes clear of it.
+    let fire_at = deadline.budget() + deadline.budget().mul_f64(0.1).max(std::time::Duration::from_secs(5));
+    let may_compute = fire_at.saturating_sub(deadline.elapsed()) > std::time::Duration::from_secs(300);
+    let Some((train, cached)) = digit_train_features_if(&source, judge, &opts.runtime, cache.as_deref(), opts.quiet, may_compute)? else {
+        report.notes.push(format!(
+            "memorisation not checked: the training digits' features are not cached and computing them could run into the budget's hard stop; \
+             run `grade ddpm` once with a larger --budget (or --steps 1) to cache them ({})",
+            source.display()
+        ));
+        return Ok(());
+    };
     let images: Vec<RgbImage> = generated.iter().map(|g| g.2.clone()).collect();
     let (gen, dim) = net.features(&images)?;
     anyhow::ensure!(dim == train.dim, "judge features of width {dim} but the training features have {}", train.dim);
