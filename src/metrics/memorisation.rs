@@ -28,16 +28,20 @@ pub struct Thresholds {
     pub mean: f64,
     /// A generated image whose nearest training image is closer than this counts as a copy.
     pub per_image: f64,
-    /// More than this fraction of copies flags the generator.
+    /// More than this fraction of copies flags the generator (the verdict line). The mean alone never
+    /// flags: real val faces have d = 0.122, close to MiFID's 0.1, so a strong honest generator could
+    /// cross it (RESULTS.md).
     pub fraction: f64,
 }
 
-/// Faces, Inception pool3 (RESULTS.md, "Memorisation": real val faces come no closer than 0.106 to a
-/// training face; the bundled DCGAN's nearest is 0.09; exact copies are 0).
-pub const FACES: Thresholds = Thresholds { mean: 0.1, per_image: 0.03, fraction: 0.01 };
+/// Faces, Inception pool3 (RESULTS.md, "Memorised faces"): Kaggle's 0.1 for MiFID's mean; a copy is
+/// nearer than 0.02 (the 2,000 real val faces lie at least 0.041 from a training face, the bundled
+/// DCGAN's images at least 0.082; planted copies at 0).
+pub const FACES: Thresholds = Thresholds { mean: 0.1, per_image: 0.02, fraction: 0.01 };
 
-/// Digits, the judge's penultimate layer (RESULTS.md, "Memorisation").
-pub const DIGITS: Thresholds = Thresholds { mean: 0.01, per_image: 0.001, fraction: 0.01 };
+/// Digits, the judge's penultimate layer (RESULTS.md, "Memorised digits"): the 11,200 real MNIST-M val
+/// digits lie at least 0.00076 from a training digit (0.1% of them under 0.00143, mean 0.0153).
+pub const DIGITS: Thresholds = Thresholds { mean: 0.005, per_image: 0.001, fraction: 0.01 };
 
 /// The nearest training image of one generated image.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -61,7 +65,7 @@ pub struct Memorisation {
     pub copies: usize,
     pub copied_fraction: f64,
     pub thresholds: Thresholds,
-    /// `d` below the mean threshold or a copied fraction above the fraction threshold.
+    /// A copied fraction above the fraction threshold.
     pub flagged: bool,
 }
 
@@ -77,7 +81,7 @@ impl Memorisation {
             return None;
         }
         Some(format!(
-            "MEMORISED: {} of {} generated images ({:.1}%) lie within {} (1 - |cos|) of a training {what} (threshold {:.0}%); mean nearest distance d = {:.4} (MiFID threshold {})",
+            "MEMORISED: {} of {} generated images ({:.1}%) lie within {} (1 - |cos|) of a training {what} (limit {:.0}%); mean nearest distance d = {:.4} (MiFID divides FID by d below {})",
             self.copies,
             self.nearest.len(),
             100.0 * self.copied_fraction,
@@ -174,7 +178,7 @@ pub fn measure(gen: &[f32], train: &[f32], dim: usize, thresholds: Thresholds) -
     let min_distance = nearest.iter().map(|x| x.distance as f64).fold(f64::INFINITY, f64::min);
     let copies = nearest.iter().filter(|x| (x.distance as f64) < thresholds.per_image).count();
     let copied_fraction = copies as f64 / n as f64;
-    let flagged = d < thresholds.mean || copied_fraction > thresholds.fraction;
+    let flagged = copied_fraction > thresholds.fraction;
     Ok(Memorisation { nearest, d, d_reverse, min_distance, copies, copied_fraction, thresholds, flagged })
 }
 
