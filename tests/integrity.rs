@@ -355,3 +355,32 @@ fn fingerprints_separate_reexported_copies_from_independent_generators_and_noise
         assert_eq!(similarity::weights_shared(&fa.weights, &fa.weights), 1.0);
     }
 }
+
+/// A class of 200: every pair of generator fingerprints (32 x 768 values each) from the fingerprints
+/// alone, in seconds; unrelated students are not listed.
+#[test]
+fn pairs_for_a_class_of_200_come_from_fingerprints_in_seconds() {
+    use gradekit::tasks::batch::similarity::{self, Fingerprint, FingerprintKind, Probe, WeightSignature};
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let fps: Vec<(String, String, Fingerprint)> = (0..200)
+        .map(|i| {
+            let v: Vec<f32> = (0..32 * 768).map(|_| StandardNormal.sample(&mut rng)).collect();
+            let f = Fingerprint {
+                version: 1,
+                kind: FingerprintKind::Generator,
+                probes: vec![Probe::new("seeded-latents", 32, &v)],
+                weights: WeightSignature { total: 1000, tensors: vec![(1000, format!("{i}"))] },
+            };
+            (format!("s{i:03}"), "gan".to_string(), f)
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let pairs = similarity::pairs(&fps).unwrap();
+    let took = t.elapsed();
+    eprintln!("19,900 pairs of 24,576-value fingerprints in {took:?}");
+    assert_eq!(pairs.len(), 200 * 199 / 2);
+    assert!(pairs.iter().all(|p| !p.flagged));
+    assert!(took.as_secs_f64() < 60.0, "{took:?}");
+}

@@ -61,7 +61,7 @@ pub struct Probe {
 }
 
 impl Probe {
-    fn new(name: &str, items: usize, v: &[f32]) -> Probe {
+    pub fn new(name: &str, items: usize, v: &[f32]) -> Probe {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         Probe { name: name.into(), items, values: base64::engine::general_purpose::STANDARD.encode(bytes) }
     }
