@@ -148,6 +148,10 @@ pub enum Command {
         /// Seed of the latents.
         #[arg(long)]
         seed: Option<u64>,
+        /// Training faces for the memorisation check (a folder, or a feature file a batch cached); `off`
+        /// skips it (default from graders/gan.toml: data/hw2_data/face/train, skipped with a note when absent).
+        #[arg(long)]
+        train: Option<PathBuf>,
         /// Face detector for face accuracy.
         #[arg(long, value_enum, default_value_t = crate::metrics::faces::DetectorKind::Rustface)]
         detector: crate::metrics::faces::DetectorKind,
@@ -306,6 +310,49 @@ pub enum Command {
     },
     /// List the built-in graders with their budgets and baselines.
     Graders,
+    /// The copy-detection fingerprint of a model (outputs on fixed probes, weight signature), as
+    /// `grade batch` computes it per student (docs/batch.md, "Copied submissions").
+    #[command(hide = true)]
+    Fingerprint {
+        model: PathBuf,
+        #[arg(long, value_enum)]
+        kind: crate::tasks::batch::similarity::FingerprintKind,
+        /// A digit folder (data/ + val.csv) whose first 64 val images probe a classifier.
+        #[arg(long)]
+        val: Option<PathBuf>,
+        /// Where to write the fingerprint (JSON).
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Planted cheats for calibrating the integrity checks (RESULTS.md, "Integrity"): `memoriser`
+    /// (a generator returning training faces, all or a fraction of the time) or `reexport` (a copy with
+    /// renamed nodes, reordered initializers, another opset, a folded constant, weight noise).
+    #[command(hide = true)]
+    Plant {
+        #[arg(value_parser = ["memoriser", "reexport"])]
+        what: String,
+        /// memoriser: the training image folder (its first --rows images, sorted by name); reexport: the model.
+        input: PathBuf,
+        /// memoriser: a generator to copy for only --fraction of the latents (else every latent copies).
+        #[arg(long)]
+        base: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        rows: usize,
+        #[arg(long)]
+        fraction: Option<f64>,
+        /// reexport: weight noise (absolute standard deviation).
+        #[arg(long, default_value_t = 1e-4)]
+        noise: f32,
+        /// reexport: the opset to declare.
+        #[arg(long)]
+        opset: Option<i64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, short)]
+        output: PathBuf,
+    },
     /// Regenerate the committed fixtures (synthetic digits, small models).
     #[command(hide = true)]
     MakeFixtures {

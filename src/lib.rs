@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nn;
 pub mod onnx;
 pub mod pictures;
+pub mod planted;
 pub mod plot;
 pub mod progress;
 pub mod report;

@@ -41,6 +41,7 @@ fn student(id: &str, acc: Option<f64>, grid: bool) -> StudentResult {
             grid: grid.then(|| format!("students/{id}/ddpm/grid.png")),
         }],
         error: None,
+        similar_to: vec![],
     }
 }
 
@@ -83,14 +84,14 @@ fn browser_renders_the_scoreboard_and_sorts_it() {
     for id in ["ann", "ben", "cat"] {
         out.write(&format!("students/{id}/ddpm/grid.png"), &png).unwrap();
     }
-    let report = ClassReport {
+    let mut report = ClassReport {
         tool: "gradekit".into(),
         tool_version: "test".into(),
         graders: vec!["ddpm".into()],
         shards: vec![],
         students: vec![student("ann", Some(0.81), true), student("ben", Some(0.95), true), student("cat", Some(0.62), true), student("dan", None, false)],
     };
-    batch::write_class(&out, &report).unwrap();
+    batch::write_class(&out, &mut report).unwrap();
     let file = out.root().join("scoreboard.html");
 
     let dom = dump_dom(&browser, &file, "");

@@ -39,9 +39,9 @@ fn run(cli: Cli) -> Result<i32> {
             let args = tasks::ddpm::DdpmArgs { model, classifier, sampler, steps, guidance, eta, clip, seed, keep_going, spec: output.spec.clone(), reference };
             Ok(tasks::ddpm::run(&args, &opts)?.exit_code())
         }
-        Command::Gan { model, reference, inception, seed, detector, runtime, output } => {
+        Command::Gan { model, reference, inception, seed, train, detector, runtime, output } => {
             let opts = run_options(Some(&runtime), &output)?;
-            let args = tasks::gan::GanArgs { model, reference, inception, seed, detector, spec: output.spec.clone() };
+            let args = tasks::gan::GanArgs { model, reference, inception, seed, train, detector, spec: output.spec.clone() };
             Ok(tasks::gan::run(&args, &opts)?.exit_code())
         }
         Command::Fid { a, b, inception, json, runtime } => {
@@ -131,6 +131,36 @@ fn run(cli: Cli) -> Result<i32> {
                 return Ok(2);
             }
             Ok(if f + e == 0 { 0 } else { 1 })
+        }
+        Command::Fingerprint { model, kind, val, output, runtime } => {
+            let opts = RunOptions {
+                runtime: RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt },
+                meta: tasks::parse_meta(&runtime.meta)?,
+                quiet: true,
+                ..Default::default()
+            };
+            let fp = tasks::batch::similarity::fingerprint(&model, kind, val.as_deref(), &opts)?;
+            gradekit::report::write_atomic(&output, serde_json::to_string(&fp)?.as_bytes())?;
+            Ok(0)
+        }
+        Command::Plant { what, input, base, rows, fraction, noise, opset, seed, output } => {
+            let model = if what == "memoriser" {
+                let files = gradekit::metrics::inception::fid_image_files(&input)?;
+                let limits = gradekit::data::images::ImageLimits::default();
+                let table: Vec<image::RgbImage> = files.iter().take(rows).map(|p| gradekit::data::images::load_rgb(p, &limits)).collect::<Result<_>>()?;
+                match base {
+                    Some(b) => {
+                        let proto = gradekit::onnx::ModelFile::open(&b, &gradekit::onnx::ModelLimits::default())?.proto;
+                        gradekit::planted::partly_memorising_generator(&proto, &table, fraction.unwrap_or(0.1), seed)?
+                    }
+                    None => gradekit::planted::memorising_generator(&table, 100, seed)?,
+                }
+            } else {
+                let proto = gradekit::onnx::ModelFile::open(&input, &gradekit::onnx::ModelLimits::default())?.proto;
+                gradekit::planted::reexport(&proto, &gradekit::planted::Reexport { noise, opset, fold_constant: true, seed })?
+            };
+            gradekit::onnx::writer::save(&model, &output)?;
+            Ok(0)
         }
         Command::Graders => {
             for name in GraderSpec::names() {

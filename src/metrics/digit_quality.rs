@@ -8,7 +8,7 @@
 //!   below 40; saturated colour noise sits far above. An image above the grader's threshold
 //!   (`[quality] noise_threshold`) counts as noise-corrupted.
 //! - **Judge FID**: the Fréchet distance (`metrics::fid`, pytorch-fid's formula) between the judge's
-//!   penultimate features (`judge_features`) of the generated digits and of the real val digits,
+//!   penultimate features (`digit_features`) of the generated digits and of the real val digits,
 //!   overall and per class, beside the same distance for as many real *training* digits drawn the
 //!   same way: the floor a perfect generator would score.
 
@@ -19,7 +19,7 @@ use image::RgbImage;
 use serde::Serialize;
 
 use super::fid::{frechet_distance, stats_from_features};
-use super::judge_features::JudgeFeatures;
+use super::digit_features::DigitFeatures;
 use crate::data::digits::DigitSet;
 use crate::data::images::{load_rgb, ImageLimits};
 
@@ -109,11 +109,11 @@ pub struct RealDigits {
 
 /// The judge-feature FID of `generated` (with their intended labels) against the real `val` digits,
 /// overall and per class, each with the floor of as many real `train` digits per class.
-pub fn judge_fid(generated: &[RgbImage], labels: &[u8], fx: &mut JudgeFeatures, val: &RealDigits, train: &RealDigits, reference: &Path) -> Result<JudgeFid> {
+pub fn judge_fid(generated: &[RgbImage], labels: &[u8], fx: &mut DigitFeatures, val: &RealDigits, train: &RealDigits, reference: &Path) -> Result<JudgeFid> {
     let dim = fx.dim;
-    let f_gen = fx.features(generated)?;
-    let f_val = fx.features(&val.images)?;
-    let f_train = fx.features(&train.images)?;
+    let (f_gen, _) = fx.features(generated)?;
+    let (f_val, _) = fx.features(&val.images)?;
+    let (f_train, _) = fx.features(&train.images)?;
     // The floor draws real training digits in the generated set's class proportions.
     let mut floor_rows = Vec::new();
     let mut per_class = Vec::with_capacity(10);

@@ -62,6 +62,10 @@ pub struct Report {
     /// Task-specific detail (per-class accuracy, confusion matrix, ...).
     pub details: serde_json::Value,
     pub notes: Vec<String>,
+    /// Integrity verdict lines (memorisation of training images): printed under the title, never a
+    /// change of `status` on their own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub integrity: Vec<String>,
     pub versions: BTreeMap<String, String>,
 }
 
@@ -83,6 +87,7 @@ impl Report {
             counts: BTreeMap::new(),
             details: serde_json::Value::Null,
             notes: vec![],
+            integrity: vec![],
             versions,
         }
     }
@@ -96,7 +101,7 @@ impl Report {
             simple: b.as_ref().map(|b| b.simple),
             strong: b.as_ref().and_then(|b| b.strong),
             // Without a baseline, the metric's own nature: distances between distributions are better low.
-            higher_is_better: b.as_ref().map(|b| b.higher_is_better).unwrap_or(!matches!(name, "fid" | "kid" | "judge_fid" | "noise_fraction")),
+            higher_is_better: b.as_ref().map(|b| b.higher_is_better).unwrap_or(!matches!(name, "fid" | "kid" | "judge_fid" | "noise_fraction" | "mifid" | "memorised_fraction")),
             verdict: b.map(|b| b.verdict(value)),
             interval: None,
             within_noise_of: vec![],

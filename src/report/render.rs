@@ -61,6 +61,9 @@ fn clean(s: &str) -> std::borrow::Cow<'_, str> {
 
 pub fn table(r: &Report) -> String {
     let mut s = format!("{} — {}\n", r.grader.title, status(r.status));
+    for line in &r.integrity {
+        s.push_str(&format!("INTEGRITY: {line}\n"));
+    }
     if let Some(e) = &r.engine {
         s.push_str(&format!("backend: {e}\n"));
     }
@@ -104,6 +107,9 @@ pub fn table(r: &Report) -> String {
 
 pub fn markdown(r: &Report) -> String {
     let mut s = format!("## {} — {}\n\n", r.grader.title, status(r.status));
+    for line in &r.integrity {
+        s.push_str(&format!("**INTEGRITY**: {line}\n\n"));
+    }
     s.push_str("| metric | value | 95% interval | simple | strong | verdict |\n|---|---|---|---|---|---|\n");
     for m in &r.metrics {
         s.push_str(&format!(

@@ -515,6 +515,8 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
     let t_quality = Instant::now();
     super::ddpm_quality::assess(quality, &generated, &mut report, &out)?;
     report.timings.insert("quality".into(), t_quality.elapsed().as_secs_f64());
+    // Integrity: memorised training digits (tasks/integrity.rs), beside the accuracy, never changing it.
+    super::integrity::ddpm_memorisation(&spec, &clf_path, &generated, &out, opts, &deadline, &mut report)?;
     report.settle();
     report.write_all(&out, &opts.extra)?;
     if !opts.quiet {

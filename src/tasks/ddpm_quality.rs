@@ -10,7 +10,7 @@ use image::RgbImage;
 
 use super::RunOptions;
 use crate::metrics::digit_quality::{judge_fid, noisy, real_digits, roughness, RealDigits};
-use crate::metrics::judge_features::JudgeFeatures;
+use crate::metrics::digit_features::DigitFeatures;
 use crate::pictures;
 use crate::report::{OutputDir, Report};
 use crate::spec::GraderSpec;
@@ -45,7 +45,7 @@ struct Reference {
     dir: PathBuf,
     val: RealDigits,
     train: RealDigits,
-    judge: Result<JudgeFeatures, String>,
+    judge: Result<DigitFeatures, String>,
 }
 
 /// Reads the reference digits and opens the judge's feature extractor. `None` when the spec has no
@@ -63,7 +63,7 @@ pub fn prepare(spec: &GraderSpec, reference: Option<&Path>, judge: &Path, per_cl
             let val = real_digits(&dir, "val", REFERENCE_PER_CLASS).with_context(|| format!("reference digits {}", dir.display()))?;
             let train = real_digits(&dir, "train", per_class).with_context(|| format!("reference digits {}", dir.display()))?;
             // A judge without a final linear layer costs the FID, not the run.
-            let judge = JudgeFeatures::open(judge, &opts.runtime).map_err(|e| format!("judge FID not computed: {e:#}"));
+            let judge = DigitFeatures::open(judge, &opts.runtime).map_err(|e| format!("judge FID not computed: {e:#}"));
             Ok(Reference { dir, val, train, judge })
         }
     };

@@ -33,6 +33,8 @@ pub struct GanArgs {
     pub seed: Option<u64>,
     pub detector: faces::DetectorKind,
     pub spec: Option<PathBuf>,
+    /// Training faces for the memorisation check (`--train`; `off` skips it).
+    pub train: Option<PathBuf>,
 }
 
 /// The Inception model to use, or an error that says how to install one (`grade fid`, `grade fid-stats`).
@@ -230,6 +232,8 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     let mut fid_value = None;
     let mut kid_value = None;
     let mut fid_interval = None;
+    let mut memorised = None;
+    let train = super::integrity::train_source(&args.train, &spec);
     match inception {
         Err(why) => report.notes.push(format!("FID and KID not computed: {why}")),
         Ok(p) if images.is_empty() => report.notes.push(format!("FID not computed: no image was generated ({})", p.display())),
@@ -272,6 +276,7 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
                 }
                 None => report.notes.push("KID not computed: it needs the reference images, not only their statistics".into()),
             }
+            memorised = super::integrity::gan_memorisation(train.as_deref(), &p, &mut net, &feats, &images, &out, opts.quiet, &mut report)?;
         }
     }
     let fid_s = t_fid.elapsed().as_secs_f64();
@@ -290,6 +295,9 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     }
     report.accuracy_metric("face_accuracy", face.exactly_one as u64, face.loaded as u64);
     report.metric("kid", kid_value);
+    if let Some((m, _)) = &memorised {
+        super::integrity::add_metrics(&mut report, m, fid_value);
+    }
     report.counts.insert("images".into(), images.len() as u64);
     report.counts.insert("faces_exactly_one".into(), face.exactly_one as u64);
     report.counts.insert("faces_zero".into(), face.zero as u64);
@@ -299,6 +307,9 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     report.timings.insert("faces".into(), face_s);
     report.timings.insert("images_per_second".into(), images.len() as f64 / gen_s.max(1e-9));
     report.details = serde_json::json!({ "seed": seed, "face_detector": face.detector });
+    if let Some((_, d)) = memorised {
+        report.details["memorisation"] = d;
+    }
     report.settle();
     report.write_all(&out, &opts.extra)?;
     if !opts.quiet {

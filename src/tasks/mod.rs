@@ -10,6 +10,7 @@ pub mod ddpm;
 pub mod ddpm_quality;
 pub mod digits;
 pub mod gan;
+pub mod integrity;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -60,9 +60,11 @@ pub fn merge(inputs: &[PathBuf], out: &Path, force: bool) -> Result<MergeOutcome
             if students.iter().any(|x: &super::StudentResult| x.id == s.id) {
                 bail!("student {} appears in more than one input (again in {})", s.id, dir.display());
             }
-            // Bring the pictures along so the merged folder stands alone.
+            // Bring the pictures and the copy-detection fingerprints along so the merged folder stands
+            // alone (pairs between shards are found from the fingerprints when it is written).
             for g in &s.graders {
-                if let Some(rel) = &g.grid {
+                let fp = super::similarity::fingerprint_rel(&s.id, &g.grader);
+                for rel in g.grid.iter().chain(std::iter::once(&fp)) {
                     if let Ok(bytes) = std::fs::read(dir.join(rel)) {
                         dest.write(rel, &bytes)?;
                     }
@@ -73,13 +75,13 @@ pub fn merge(inputs: &[PathBuf], out: &Path, force: bool) -> Result<MergeOutcome
     }
     students.sort_by(|a, b| a.id.cmp(&b.id));
     shards.sort_by_key(|s| s.index);
-    let report = ClassReport {
+    let mut report = ClassReport {
         tool: "gradekit".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         graders,
         shards,
         students,
     };
-    super::write_class(&dest, &report)?;
+    super::write_class(&dest, &mut report)?;
     Ok(MergeOutcome { report, missing_shards })
 }

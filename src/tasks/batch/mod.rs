@@ -6,6 +6,7 @@ pub mod child;
 pub mod layout;
 pub mod merge;
 pub mod scoreboard;
+pub mod similarity;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -146,6 +147,10 @@ pub struct StudentResult {
     pub seconds: f64,
     pub graders: Vec<GraderResult>,
     pub error: Option<String>,
+    /// Students whose models are near-identical to this student's, with the evidence (filled from the
+    /// fingerprints when the class report is written; similarity.rs). Never changes a status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub similar_to: Vec<String>,
 }
 
 /// `class.json`: one batch run (or a merge of shards).
@@ -232,11 +237,10 @@ pub fn run(args: &BatchArgs) -> Result<ClassReport> {
     let out = open_out(&args.out, args.force)?;
     out.subdir("students")?;
 
-    let gan_reference = if graders.iter().any(|g| g == "gan") && students.iter().any(|s| s.submissions.iter().any(|(g, _)| *g == "gan")) {
-        gan_reference_cache(args, &out)?
-    } else {
-        None
-    };
+    let any_gan = graders.iter().any(|g| g == "gan") && students.iter().any(|s| s.submissions.iter().any(|(g, _)| *g == "gan"));
+    let gan_reference = if any_gan { gan_reference_cache(args, &out)? } else { None };
+    let gan_train = if any_gan { gan_train_cache(args, &out)? } else { None };
+    let gan_reference = gan_reference.map(|r| (r, gan_train));
 
     let started = Instant::now();
     let pb = crate::progress::bar(students.len() as u64, "students");
@@ -252,7 +256,7 @@ pub fn run(args: &BatchArgs) -> Result<ClassReport> {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(s) = students.get(i) else { break };
-                match grade_student(args, &out, s, &graders, &extra, gan_reference.as_deref()) {
+                match grade_student(args, &out, s, &graders, &extra, gan_reference.as_ref()) {
                     Ok((r, resumed)) => {
                         let mut t = tally.lock().unwrap();
                         t.0 += 1;
@@ -297,14 +301,14 @@ pub fn run(args: &BatchArgs) -> Result<ClassReport> {
     let mut students = results.into_inner().unwrap();
     students.sort_by(|a, b| a.id.cmp(&b.id));
     let resumed = tally.into_inner().unwrap().2;
-    let report = ClassReport {
+    let mut report = ClassReport {
         tool: "gradekit".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         graders,
         shards: args.shard.into_iter().collect(),
         students,
     };
-    write_class(&out, &report)?;
+    write_class(&out, &mut report)?;
     if !args.quiet {
         let (p, f, e) = report.counts();
         println!(
@@ -318,8 +322,12 @@ pub fn run(args: &BatchArgs) -> Result<ClassReport> {
     Ok(report)
 }
 
-/// class.json, scoreboard.csv and scoreboard.html.
-pub fn write_class(out: &OutputDir, report: &ClassReport) -> Result<()> {
+/// class.json, scoreboard.csv, scoreboard.html and similar-pairs.csv (pairs of students found from
+/// the fingerprints under the folder, which also fill each student's `similar_to`).
+pub fn write_class(out: &OutputDir, report: &mut ClassReport) -> Result<()> {
+    let pairs = similarity::annotate(out.root(), report)?;
+    out.write("similar-pairs.csv", pairs.as_bytes())?;
+    let report = &*report;
     out.write("class.json", serde_json::to_string_pretty(report)?.as_bytes())?;
     out.write("scoreboard.csv", scoreboard::csv(report)?.as_bytes())?;
     out.write("scoreboard.html", scoreboard::html(report, out.root())?.as_bytes())?;
@@ -410,6 +418,25 @@ fn gan_reference_cache(args: &BatchArgs, out: &OutputDir) -> Result<Option<PathB
     Ok(Some(cache))
 }
 
+/// Inception features of the training faces (memorisation check), computed once per batch into
+/// `cache/` and handed to every `grade gan` run; `None` when there are no training faces or no Inception.
+fn gan_train_cache(args: &BatchArgs, out: &OutputDir) -> Result<Option<PathBuf>> {
+    let train = args.data.join("face/train");
+    if !train.is_dir() {
+        return Ok(None);
+    }
+    let inception = match crate::metrics::inception::locate_inception(&args.inception)? {
+        Ok(p) => p,
+        Err(_) => return Ok(None),
+    };
+    out.subdir("cache")?;
+    let cache = out.path("cache")?;
+    let rt = crate::runtime::RuntimeOptions::default();
+    let mut net = crate::metrics::inception::InceptionNet::open(&inception, &rt, 50)?;
+    let (t, _) = crate::tasks::integrity::face_train_features(&train, &inception, &mut net, Some(&cache), args.quiet)?;
+    Ok(Some(crate::metrics::memorisation::cache_file(&cache, crate::tasks::integrity::FACE_TRAIN, &t.key)))
+}
+
 /// Grades one student (or loads the result of an earlier run); `true` when resumed.
 fn grade_student(
     args: &BatchArgs,
@@ -417,7 +444,7 @@ fn grade_student(
     s: &Student,
     graders: &[String],
     extra: &[(String, String)],
-    gan_reference: Option<&Path>,
+    gan_reference: Option<&(PathBuf, Option<PathBuf>)>,
 ) -> Result<(StudentResult, bool)> {
     let started = Instant::now();
     if let Some(why) = &s.refused {
@@ -425,7 +452,7 @@ fn grade_student(
             .iter()
             .map(|g| GraderResult { grader: g.clone(), submission: None, status: GradeStatus::Refused, exit_code: None, seconds: 0.0, error: Some(why.clone()), metrics: vec![], grid: None })
             .collect();
-        return Ok((StudentResult { id: s.id.clone(), status: StudentStatus::Error, seconds: 0.0, graders: gs, error: Some(why.clone()) }, false));
+        return Ok((StudentResult { id: s.id.clone(), status: StudentStatus::Error, seconds: 0.0, graders: gs, error: Some(why.clone()), similar_to: vec![] }, false));
     }
     let dir_rel = format!("students/{}", s.id);
     let result_file = out.path(&format!("{dir_rel}/result.json"))?;
@@ -466,6 +493,7 @@ fn grade_student(
         seconds: started.elapsed().as_secs_f64(),
         graders: results,
         error: None,
+        similar_to: vec![],
     };
     write_atomic(&result_file, serde_json::to_string_pretty(&r)?.as_bytes())?;
     Ok((r, false))
@@ -478,7 +506,7 @@ fn run_grader(
     grader: &str,
     sub: &Submission,
     extra: &[(String, String)],
-    gan_reference: Option<&Path>,
+    gan_reference: Option<&(PathBuf, Option<PathBuf>)>,
 ) -> Result<GraderResult> {
     let spec = GraderSpec::builtin(grader)?;
     let rel = format!("{dir_rel}/{grader}");
@@ -499,8 +527,14 @@ fn run_grader(
         ("gan", Submission::Onnx(p)) => {
             cmd.arg("gan").arg("--model").arg(p).arg("--reference");
             match gan_reference {
-                Some(r) => cmd.arg(r),
+                Some((r, _)) => cmd.arg(r),
                 None => cmd.arg(data_dir("reference")?),
+            };
+            // The training faces' features, cached once per batch, else the folder (a missing one is a note).
+            cmd.arg("--train");
+            match gan_reference.and_then(|(_, t)| t.as_ref()) {
+                Some(t) => cmd.arg(t),
+                None => cmd.arg(args.data.join("face/train")),
             };
             if let Some(i) = &args.inception {
                 cmd.arg("--inception").arg(i);
@@ -582,7 +616,51 @@ fn run_grader(
     if gdir.join("grid.png").is_file() {
         r.grid = Some(format!("{rel}/grid.png"));
     }
+    // The copy-detection fingerprint, in its own limited process (the model is untrusted), for
+    // models that graded to the end.
+    if let (Submission::Onnx(p), child::Ended::Exited(0 | 1)) = (sub, &o.ended) {
+        fingerprint_run(args, out, dir_rel, grader, p, extra, &data_dir, limits)?;
+    }
     Ok(r)
+}
+
+/// `grade fingerprint` for one model into `students/<id>/<grader>/fingerprint.json`; a failure is
+/// logged, never an error of the batch.
+#[allow(clippy::too_many_arguments)]
+fn fingerprint_run(
+    args: &BatchArgs,
+    out: &OutputDir,
+    dir_rel: &str,
+    grader: &str,
+    model: &Path,
+    extra: &[(String, String)],
+    data_dir: &dyn Fn(&str) -> Result<PathBuf>,
+    limits: child::Limits,
+) -> Result<()> {
+    let kind = match grader {
+        "gan" => "generator",
+        "ddpm" => "noise",
+        _ => "classifier",
+    };
+    let exe = std::env::current_exe().context("cannot find the grade binary to run")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--memory-limit").arg(args.student_memory.to_string());
+    cmd.args(["fingerprint", "--kind", kind]).arg(model).arg("--output").arg(out.path(&similarity::fingerprint_rel(dir_rel.trim_start_matches("students/"), grader))?);
+    if kind == "classifier" {
+        if let Ok(d) = data_dir("dir") {
+            cmd.arg("--val").arg(d);
+        }
+    }
+    // Only the runtime's options apply (backend, device, threads, metadata).
+    for (g, a) in extra {
+        let runtime_flag = ["--backend", "--device", "--threads", "--ort-opt", "--meta"].iter().any(|f| a.starts_with(f));
+        if (g == "all" || g == grader) && runtime_flag {
+            cmd.arg(a);
+        }
+    }
+    let limits = child::Limits { time: limits.time.min(Duration::from_secs(120)), memory: limits.memory };
+    child::run(cmd, &out.path(&format!("{dir_rel}/{grader}.fingerprint.log"))?, &out.path(&format!("{dir_rel}/{grader}.fingerprint.status.json"))?, limits)?;
+    Ok(())
 }
 
 fn metrics_of(report: &serde_json::Value) -> Vec<MetricSummary> {

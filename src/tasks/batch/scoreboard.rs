@@ -47,6 +47,7 @@ pub fn csv(r: &ClassReport) -> Result<String> {
         }
         header.push(format!("{g}:error"));
     }
+    header.push("similar_to".into());
     w.write_record(&header)?;
     for s in &r.students {
         let mut row = vec![s.id.clone(), s.status.label().into(), format!("{:.1}", s.seconds), s.error.clone().unwrap_or_default()];
@@ -63,6 +64,7 @@ pub fn csv(r: &ClassReport) -> Result<String> {
             }
             row.push(gr.and_then(|x| x.error.clone()).unwrap_or_default());
         }
+        row.push(s.similar_to.join(" | "));
         // Ids, errors and names may quote a submission: no control characters in any cell.
         w.write_record(row.iter().map(|c| crate::report::sanitize::line(c).into_owned()))?;
     }
@@ -138,7 +140,7 @@ pub fn html(r: &ClassReport, root: &Path) -> Result<String> {
             write!(h, "<th data-col=\"{0}:status\">{0}</th>", esc(g))?;
         }
     }
-    h.push_str("<th data-col=\"seconds\">seconds</th><th data-col=\"problems\">problems</th></tr></thead><tbody>");
+    h.push_str("<th data-col=\"seconds\">seconds</th><th data-col=\"problems\">problems</th><th data-col=\"similar_to\">similar to</th></tr></thead><tbody>");
     for s in &r.students {
         let st = s.status.label();
         write!(h, "<tr id=\"student-{0}\"><td data-v=\"{0}\">{0}</td><td data-v=\"{1}\" class=\"{1}\">{1}</td>", esc(&s.id), st)?;
@@ -193,7 +195,8 @@ pub fn html(r: &ClassReport, root: &Path) -> Result<String> {
                 h.push_str("</td>");
             }
         }
-        write!(h, "<td data-v=\"{0:.1}\">{0:.1}</td><td data-v=\"{1}\" class=\"err\">{2}</td></tr>", s.seconds, problems.len(), esc(&problems.join(" | ")))?;
+        write!(h, "<td data-v=\"{0:.1}\">{0:.1}</td><td data-v=\"{1}\" class=\"err\">{2}</td>", s.seconds, problems.len(), esc(&problems.join(" | ")))?;
+        write!(h, "<td data-v=\"{0}\" class=\"err\">{1}</td></tr>", s.similar_to.len(), esc(&s.similar_to.join(" | ")))?;
     }
     write!(h, "</tbody></table><script>{SCRIPT}</script></body></html>\n")?;
     Ok(h)

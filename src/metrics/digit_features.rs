@@ -1,7 +1,8 @@
 //! The digit judge's penultimate features: the judge's own ONNX graph with the input of its last
-//! linear layer (Gemm or MatMul) exposed as the output. LeNet gives 84 features per digit, a feature
-//! space trained on exactly these images, where Inception's (trained on 299x299 photos) would not fit
-//! 28x28 digits.
+//! linear layer (Gemm, or MatMul with or without a bias Add) exposed as the output, in memory. The
+//! bundled LeNet gives 64 (relu(fc2)) per digit: a feature space trained on exactly these images, where
+//! Inception's (trained on 299x299 photos) would not fit 28x28 digits. Used by the judge FID
+//! (`digit_quality`) and the digit memorisation check (`tasks::integrity`).
 
 use std::path::Path;
 
@@ -16,7 +17,7 @@ use crate::runtime::{self, RuntimeOptions};
 use crate::tasks::classify::Classifier;
 
 /// The judge, answering with its penultimate features instead of logits.
-pub struct JudgeFeatures {
+pub struct DigitFeatures {
     clf: Classifier,
     pub dim: usize,
 }
@@ -56,8 +57,8 @@ pub fn penultimate(proto: &pb::ModelProto, output: &str) -> Result<(String, usiz
     bail!("no linear layer found before the output {output}")
 }
 
-impl JudgeFeatures {
-    pub fn open(path: &Path, opts: &RuntimeOptions) -> Result<JudgeFeatures> {
+impl DigitFeatures {
+    pub fn open(path: &Path, opts: &RuntimeOptions) -> Result<DigitFeatures> {
         let mut clf = Classifier::open(path, &Default::default(), opts, 256)?;
         let (feature, dim) = penultimate(&clf.file.proto, &clf.contract.output)
             .with_context(|| format!("{}: cannot find the judge's penultimate features for the judge FID", path.display()))?;
@@ -76,11 +77,14 @@ impl JudgeFeatures {
         clf.engine = runtime::open(&file, opts)?;
         clf.contract.output = feature;
         clf.classes = dim;
-        Ok(JudgeFeatures { clf, dim })
+        Ok(DigitFeatures { clf, dim })
     }
 
-    /// Features of each image, rows of `dim`, in order.
-    pub fn features(&mut self, images: &[RgbImage]) -> Result<Vec<f32>> {
+    /// Features of each image (28x28), rows of `dim`, in order: (rows, dim).
+    pub fn features(&mut self, images: &[RgbImage]) -> Result<(Vec<f32>, usize)> {
+        if let Some(img) = images.iter().find(|i| i.dimensions() != (28, 28)) {
+            bail!("digit features need 28x28 images, got {}x{}", img.width(), img.height());
+        }
         let mut out = Vec::with_capacity(images.len() * self.dim);
         for chunk in images.chunks(256) {
             for row in self.clf.logits(chunk)? {
@@ -90,6 +94,6 @@ impl JudgeFeatures {
         if let Some(k) = out.iter().position(|v| !v.is_finite()) {
             bail!("the judge's features are not finite (image {})", k / self.dim);
         }
-        Ok(out)
+        Ok((out, self.dim))
     }
 }
