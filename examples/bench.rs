@@ -97,7 +97,9 @@ fn read(path: &str) -> String {
 
 /// The machine, in words: CPU model, cores, memory, load, GPUs.
 fn machine() -> Vec<String> {
-    let cpu = read("/proc/cpuinfo").lines().find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()));
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mem = read("/proc/meminfo")
         .lines()
@@ -110,7 +112,8 @@ fn machine() -> Vec<String> {
         std::env::consts::ARCH,
         read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     )];
-    match std::process::Command::new("nvidia-smi").args(["--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]).output() {
+    match std::process::Command::new("nvidia-smi").args(["--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]).output()
+    {
         Ok(o) if o.status.success() => {
             for l in String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.trim().is_empty()) {
                 v.push(format!("gpu: {}", l.trim()));
@@ -256,7 +259,9 @@ fn main() -> Result<()> {
         args.seconds,
         EVALS_PER_DIGIT_DDPM
     );
-    println!("| runtime | device | rows/call | evaluations/s | DDPM-1000 digits/s | 1000 digits x 1000 steps |\n|---|---|---:|---:|---:|---:|");
+    println!(
+        "| runtime | device | rows/call | evaluations/s | DDPM-1000 digits/s | 1000 digits x 1000 steps |\n|---|---|---:|---:|---:|---:|"
+    );
     let parity_rows = args.rows[0].min(20);
     let mut reference: Option<(String, Vec<f32>)> = None;
     let row = |name: &str, device: &str, rows: usize, eps: f64| {
@@ -284,7 +289,11 @@ fn main() -> Result<()> {
                 Ok((cps, calls)) => {
                     let eps = cps * rows as f64;
                     row(case.name, dev(case.opts.device), rows, eps);
-                    push(&mut json, "noise", serde_json::json!({"runtime": case.name, "device": dev(case.opts.device), "rows": rows, "calls": calls, "evaluations_per_second": eps, "ddpm1000_digits_per_second": eps / EVALS_PER_DIGIT_DDPM}));
+                    push(
+                        &mut json,
+                        "noise",
+                        serde_json::json!({"runtime": case.name, "device": dev(case.opts.device), "rows": rows, "calls": calls, "evaluations_per_second": eps, "ddpm1000_digits_per_second": eps / EVALS_PER_DIGIT_DDPM}),
+                    );
                 }
                 Err(err) => println!("| {} | {} | {rows} | failed: {} | | |", case.name, dev(case.opts.device), cell(&err)),
             }
@@ -351,7 +360,12 @@ fn main() -> Result<()> {
     if !parity.is_empty() {
         println!("\nsame call ({parity_rows} rows), max |difference| of the noise prediction:");
         for p in parity {
-            println!("  {} vs {}: {:.2e}", p["a"].as_str().unwrap_or("?"), p["b"].as_str().unwrap_or("?"), p["max_abs_diff"].as_f64().unwrap_or(f64::NAN));
+            println!(
+                "  {} vs {}: {:.2e}",
+                p["a"].as_str().unwrap_or("?"),
+                p["b"].as_str().unwrap_or("?"),
+                p["max_abs_diff"].as_f64().unwrap_or(f64::NAN)
+            );
         }
     }
 
@@ -376,7 +390,11 @@ fn main() -> Result<()> {
                         Ok((cps, _)) => {
                             let ips = cps * n as f64;
                             println!("| {} | {} | {ips:.1} | {:.2} s |", case.name, dev(case.opts.device), 1000.0 / ips);
-                            push(&mut json, "generator", serde_json::json!({"runtime": case.name, "device": dev(case.opts.device), "faces_per_second": ips}));
+                            push(
+                                &mut json,
+                                "generator",
+                                serde_json::json!({"runtime": case.name, "device": dev(case.opts.device), "faces_per_second": ips}),
+                            );
                         }
                         Err(err) => println!("| {} | {} | failed: {} | |", case.name, dev(case.opts.device), cell(&err)),
                     }
@@ -407,7 +425,11 @@ fn main() -> Result<()> {
                             Ok((cps, _)) => {
                                 let ips = cps * n as f64;
                                 println!("| {} | {} | {ips:.1} | {:.0} s |", case.name, dev(case.opts.device), 3000.0 / ips);
-                                push(&mut json, "inception", serde_json::json!({"runtime": case.name, "device": dev(case.opts.device), "images_per_second": ips}));
+                                push(
+                                    &mut json,
+                                    "inception",
+                                    serde_json::json!({"runtime": case.name, "device": dev(case.opts.device), "images_per_second": ips}),
+                                );
                             }
                             Err(err) => println!("| {} | {} | failed: {} | |", case.name, dev(case.opts.device), cell(&err)),
                         },

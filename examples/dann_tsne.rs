@@ -17,8 +17,16 @@ use image::{Rgb, RgbImage};
 
 // Ten distinguishable colours (matplotlib's tab10), and source / target.
 const CLASS: [[u8; 3]; 10] = [
-    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-    [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207],
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [127, 127, 127],
+    [188, 189, 34],
+    [23, 190, 207],
 ];
 const DOMAIN: [[u8; 3]; 2] = [[66, 135, 245], [245, 120, 66]];
 
@@ -69,7 +77,9 @@ fn main() -> Result<()> {
                 let near = (0..n)
                     .filter(|&j| j != i)
                     .min_by(|&j, &k| {
-                        let dist = |m: usize| v[i * d..(i + 1) * d].iter().zip(&v[m * d..(m + 1) * d]).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+                        let dist = |m: usize| {
+                            v[i * d..(i + 1) * d].iter().zip(&v[m * d..(m + 1) * d]).map(|(x, y)| (x - y) * (x - y)).sum::<f32>()
+                        };
                         dist(j).total_cmp(&dist(k))
                     })
                     .unwrap();
@@ -78,7 +88,11 @@ fn main() -> Result<()> {
             .count();
         same as f64 / n as f64
     };
-    eprintln!("nearest neighbour has the same class: {:.3} in the features, {:.3} in the t-SNE picture", nn_agree(&feats, dim), nn_agree(&emb, 2));
+    eprintln!(
+        "nearest neighbour has the same class: {:.3} in the features, {:.3} in the t-SNE picture",
+        nn_agree(&feats, dim),
+        nn_agree(&emb, 2)
+    );
     let prefix = &a[3];
     draw(&emb, |i| CLASS[labels[i] as usize], true).save(format!("{prefix}-class.png")).context("writing the class picture")?;
     draw(&emb, |i| DOMAIN[domains[i]], false).save(format!("{prefix}-domain.png")).context("writing the domain picture")?;

@@ -13,26 +13,17 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use gradekit::metrics::faces::{
-    grade_images, load_rgb, tally, FaceDetector, ImageOutcome, RustfaceDetector, RustfaceSettings,
-};
+use gradekit::metrics::faces::{grade_images, load_rgb, tally, FaceDetector, ImageOutcome, RustfaceDetector, RustfaceSettings};
 use image::{Rgb, RgbImage};
 use rayon::prelude::*;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("synth") if args.len() == 5 => synth(
-            Path::new(&args[1]),
-            Path::new(&args[2]),
-            args[3].parse()?,
-            args[4].parse()?,
-        ),
+        Some("synth") if args.len() == 5 => synth(Path::new(&args[1]), Path::new(&args[2]), args[3].parse()?, args[4].parse()?),
         Some("count") if args.len() >= 4 => count(&args[1], Path::new(&args[2]), &args[3..]),
         Some("compare") if args.len() == 3 => compare(Path::new(&args[1]), Path::new(&args[2])),
-        Some("sweep") if args.len() >= 4 => {
-            sweep(Path::new(&args[1]), Path::new(&args[2]), &args[3..])
-        }
+        Some("sweep") if args.len() >= 4 => sweep(Path::new(&args[1]), Path::new(&args[2]), &args[3..]),
         _ => bail!("usage: see the header of src/bin/face_eval.rs"),
     }
 }
@@ -43,10 +34,7 @@ fn image_files(inputs: &[String]) -> Result<Vec<PathBuf>> {
             for e in std::fs::read_dir(p).with_context(|| format!("listing {}", p.display()))? {
                 walk(&e?.path(), out)?;
             }
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
         {
             out.push(p.to_path_buf());
         }
@@ -57,11 +45,7 @@ fn image_files(inputs: &[String]) -> Result<Vec<PathBuf>> {
         // @LIST: a file with one image path per line (long lists do not fit on a command line).
         if let Some(list) = i.strip_prefix('@') {
             let text = std::fs::read_to_string(list).with_context(|| format!("reading {list}"))?;
-            out.extend(
-                text.lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(PathBuf::from),
-            );
+            out.extend(text.lines().filter(|l| !l.trim().is_empty()).map(PathBuf::from));
         } else {
             walk(Path::new(i), &mut out)?;
         }
@@ -75,9 +59,7 @@ fn image_files(inputs: &[String]) -> Result<Vec<PathBuf>> {
 fn parse_kv(spec: &str) -> Result<HashMap<String, String>> {
     let mut m = HashMap::new();
     for kv in spec.split(',').filter(|s| !s.is_empty()) {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| anyhow!("expected key=value, got {kv}"))?;
+        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("expected key=value, got {kv}"))?;
         m.insert(k.to_string(), v.to_string());
     }
     Ok(m)
@@ -104,11 +86,7 @@ fn make_detector(spec: &str) -> Result<Box<dyn FaceDetector>> {
         "rustface" => Ok(Box::new(RustfaceDetector::new(rustface_settings(opts)?)?)),
         #[cfg(feature = "dlib")]
         "dlib" => {
-            let up = parse_kv(opts)?
-                .get("up")
-                .map(|v| v.parse())
-                .transpose()?
-                .unwrap_or(1);
+            let up = parse_kv(opts)?.get("up").map(|v| v.parse()).transpose()?.unwrap_or(1);
             Ok(Box::new(gradekit::metrics::faces::DlibHogDetector::new(up)))
         }
         #[cfg(not(feature = "dlib"))]
@@ -138,8 +116,17 @@ fn count(spec: &str, out: &Path, inputs: &[String]) -> Result<()> {
     let r = tally(det.name(), &paths, &outcomes);
     println!(
         "{}: {} files, {} loaded, exactly one {} ({:.4}), zero {}, multiple {}, failed {}, {:.1}s ({:.2} ms/image, {} threads)",
-        r.detector, r.total, r.loaded, r.exactly_one, r.accuracy, r.zero, r.multiple, r.detector_failed.len(),
-        secs, 1000.0 * secs / paths.len().max(1) as f64, rayon::current_num_threads()
+        r.detector,
+        r.total,
+        r.loaded,
+        r.exactly_one,
+        r.accuracy,
+        r.zero,
+        r.multiple,
+        r.detector_failed.len(),
+        secs,
+        1000.0 * secs / paths.len().max(1) as f64,
+        rayon::current_num_threads()
     );
     Ok(())
 }
@@ -148,9 +135,7 @@ fn read_counts(p: &Path) -> Result<BTreeMap<String, i64>> {
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
     let mut m = BTreeMap::new();
     for line in text.lines().skip(1) {
-        let (path, n) = line
-            .rsplit_once(',')
-            .ok_or_else(|| anyhow!("bad line {line}"))?;
+        let (path, n) = line.rsplit_once(',').ok_or_else(|| anyhow!("bad line {line}"))?;
         m.insert(path.to_string(), n.trim().parse()?);
     }
     Ok(m)
@@ -161,15 +146,8 @@ fn read_counts(p: &Path) -> Result<BTreeMap<String, i64>> {
 fn group_of(path: &str) -> String {
     let p = Path::new(path);
     let parent = p.parent().unwrap_or(Path::new(""));
-    let a = parent
-        .file_name()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let b = parent
-        .parent()
-        .and_then(|g| g.file_name())
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let a = parent.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let b = parent.parent().and_then(|g| g.file_name()).map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     format!("{b}/{a}")
 }
 
@@ -196,20 +174,11 @@ fn compare(a: &Path, b: &Path) -> Result<()> {
         }
     }
     println!("A = {}\nB = {}\n", a.display(), b.display());
-    println!(
-        "| set | n | A exact-one | B exact-one | agree (exact-one decision) | agree (same count) |"
-    );
+    println!("| set | n | A exact-one | B exact-one | agree (exact-one decision) | agree (same count) |");
     println!("|---|---:|---:|---:|---:|---:|");
     for (k, e) in &g {
         let n = e[0] as f64;
-        println!(
-            "| {k} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
-            e[0],
-            e[1] as f64 / n,
-            e[2] as f64 / n,
-            e[3] as f64 / n,
-            e[4] as f64 / n
-        );
+        println!("| {k} | {} | {:.4} | {:.4} | {:.4} | {:.4} |", e[0], e[1] as f64 / n, e[2] as f64 / n, e[3] as f64 / n, e[4] as f64 / n);
     }
     if missing > 0 {
         println!("\n{missing} paths of A are missing from B");
@@ -248,17 +217,12 @@ fn sweep(reference: &Path, out: &Path, inputs: &[String]) -> Result<()> {
     let thresholds = [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.85, 5.0, 7.0, 10.0, 15.0];
     let min_sizes = [0u32, 24, 28, 32, 36, 40, 44];
     let mut rows: Vec<(f64, String)> = Vec::new();
-    let mut csv = String::from("upscale,pyramid,step,thresh,min_face,agree_real,agree_synth,agree_all,rate_real,rate_synth,cpu_ms_per_image\n");
+    let mut csv =
+        String::from("upscale,pyramid,step,thresh,min_face,agree_real,agree_synth,agree_all,rate_real,rate_synth,cpu_ms_per_image\n");
     for up in [2.0f32, 1.5, 2.5, 1.0] {
         for pyr in [0.8f32, 0.9] {
             for step in [4u32, 2] {
-                let settings = RustfaceSettings {
-                    upscale: up,
-                    score_thresh: 1e-6,
-                    pyramid_scale: pyr,
-                    step,
-                    min_face_size: 0,
-                };
+                let settings = RustfaceSettings { upscale: up, score_thresh: 1e-6, pyramid_scale: pyr, step, min_face_size: 0 };
                 let t = Instant::now();
                 let found: Vec<Vec<gradekit::metrics::faces::SeetaFace>> = images
                     .par_iter()
@@ -268,43 +232,24 @@ fn sweep(reference: &Path, out: &Path, inputs: &[String]) -> Result<()> {
                         |d, (_, _, img)| d.faces(img).unwrap_or_default(),
                     )
                     .collect();
-                let ms = t.elapsed().as_secs_f64() * 1000.0 / images.len().max(1) as f64
-                    * rayon::current_num_threads() as f64;
+                let ms = t.elapsed().as_secs_f64() * 1000.0 / images.len().max(1) as f64 * rayon::current_num_threads() as f64;
                 eprintln!("up={up} pyr={pyr} step={step}: {ms:.2} cpu-ms/image");
                 for thr in thresholds {
                     for min in min_sizes {
-                        let one: Vec<bool> = found
-                            .iter()
-                            .map(|f| {
-                                f.iter()
-                                    .filter(|x| x.score >= thr && x.size >= min as f64)
-                                    .count()
-                                    == 1
-                            })
-                            .collect();
-                        let agree = |f: &dyn Fn(&str) -> bool| {
-                            rate(
-                                images
-                                    .iter()
-                                    .zip(&one)
-                                    .filter(|(x, _)| f(&x.0))
-                                    .map(|(x, o)| x.1 == *o),
-                            )
-                        };
-                        let ours = |f: &dyn Fn(&str) -> bool| {
-                            rate(
-                                images
-                                    .iter()
-                                    .zip(&one)
-                                    .filter(|(x, _)| f(&x.0))
-                                    .map(|(_, o)| *o),
-                            )
-                        };
-                        let (ar, asy, aa) =
-                            (agree(&|g| real(g)), agree(&|g| !real(g)), agree(&|_| true));
+                        let one: Vec<bool> =
+                            found.iter().map(|f| f.iter().filter(|x| x.score >= thr && x.size >= min as f64).count() == 1).collect();
+                        let agree =
+                            |f: &dyn Fn(&str) -> bool| rate(images.iter().zip(&one).filter(|(x, _)| f(&x.0)).map(|(x, o)| x.1 == *o));
+                        let ours = |f: &dyn Fn(&str) -> bool| rate(images.iter().zip(&one).filter(|(x, _)| f(&x.0)).map(|(_, o)| *o));
+                        let (ar, asy, aa) = (agree(&|g| real(g)), agree(&|g| !real(g)), agree(&|_| true));
                         let (rr, rs) = (ours(&|g| real(g)), ours(&|g| !real(g)));
                         csv.push_str(&format!("{up},{pyr},{step},{thr},{min},{ar:.4},{asy:.4},{aa:.4},{rr:.4},{rs:.4},{ms:.2}\n"));
-                        rows.push((aa, format!("| {up} | {pyr} | {step} | {thr} | {min} | {ar:.4} | {asy:.4} | {aa:.4} | {rr:.4} | {rs:.4} | {ms:.2} |")));
+                        rows.push((
+                            aa,
+                            format!(
+                                "| {up} | {pyr} | {step} | {thr} | {min} | {ar:.4} | {asy:.4} | {aa:.4} | {rr:.4} | {rs:.4} | {ms:.2} |"
+                            ),
+                        ));
                     }
                 }
                 std::fs::write(out, &csv)?;
@@ -312,7 +257,9 @@ fn sweep(reference: &Path, out: &Path, inputs: &[String]) -> Result<()> {
         }
     }
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
-    println!("| upscale | pyramid | step | thresh | min face | agree real | agree synth | agree all | rate real | rate synth | cpu ms/img |");
+    println!(
+        "| upscale | pyramid | step | thresh | min face | agree real | agree synth | agree all | rate real | rate synth | cpu ms/img |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (_, r) in rows.iter().take(25) {
         println!("{r}");
@@ -366,18 +313,7 @@ fn add_noise(img: &RgbImage, sigma: f64, rng: &mut Rng) -> RgbImage {
 }
 
 /// Kinds of "generated-like" images, each with the face count a good detector should report.
-const KINDS: [&str; 10] = [
-    "flip",
-    "blur1",
-    "blur2",
-    "noise20",
-    "noise50",
-    "mixup",
-    "shuffle4",
-    "mosaic2x2",
-    "uniform",
-    "smooth",
-];
+const KINDS: [&str; 10] = ["flip", "blur1", "blur2", "noise20", "noise50", "mixup", "shuffle4", "mosaic2x2", "uniform", "smooth"];
 
 fn synth(src: &Path, out: &Path, n: usize, seed: u64) -> Result<()> {
     let mut files = image_files(&[src.display().to_string()])?;
@@ -402,10 +338,7 @@ fn synth(src: &Path, out: &Path, n: usize, seed: u64) -> Result<()> {
                 "noise50" => add_noise(face, 50.0, &mut rng),
                 // Ghosted blend of two faces: a common GAN failure look.
                 "mixup" => RgbImage::from_fn(w, h, |x, y| {
-                    let (a, b) = (
-                        face.get_pixel(x, y).0,
-                        other.get_pixel(x % other.width(), y % other.height()).0,
-                    );
+                    let (a, b) = (face.get_pixel(x, y).0, other.get_pixel(x % other.width(), y % other.height()).0);
                     Rgb([0, 1, 2].map(|c| (a[c] as u16 + b[c] as u16).div_ceil(2) as u8))
                 }),
                 // Right colours and textures, broken layout.
@@ -427,55 +360,26 @@ fn synth(src: &Path, out: &Path, n: usize, seed: u64) -> Result<()> {
                     let mut m = RgbImage::new(w, h);
                     for q in 0..4u32 {
                         let f = &faces[(i + q as usize) % faces.len()];
-                        let small = image::imageops::resize(
-                            f,
-                            w / 2,
-                            h / 2,
-                            image::imageops::FilterType::Triangle,
-                        );
-                        image::imageops::replace(
-                            &mut m,
-                            &small,
-                            ((q % 2) * (w / 2)) as i64,
-                            ((q / 2) * (h / 2)) as i64,
-                        );
+                        let small = image::imageops::resize(f, w / 2, h / 2, image::imageops::FilterType::Triangle);
+                        image::imageops::replace(&mut m, &small, ((q % 2) * (w / 2)) as i64, ((q / 2) * (h / 2)) as i64);
                     }
                     m
                 }
-                "uniform" => RgbImage::from_fn(w, h, |_, _| {
-                    Rgb([0, 0, 0].map(|_: u8| (rng.next() >> 56) as u8))
-                }),
+                "uniform" => RgbImage::from_fn(w, h, |_, _| Rgb([0, 0, 0].map(|_: u8| (rng.next() >> 56) as u8))),
                 // Blob-like colour noise, stretched to full contrast.
                 "smooth" => {
-                    let noise = RgbImage::from_fn(w, h, |_, _| {
-                        Rgb([0, 0, 0].map(|_: u8| (rng.next() >> 56) as u8))
-                    });
+                    let noise = RgbImage::from_fn(w, h, |_, _| Rgb([0, 0, 0].map(|_: u8| (rng.next() >> 56) as u8)));
                     let b = image::imageops::blur(&noise, 3.0);
-                    let (lo, hi) = b
-                        .pixels()
-                        .flat_map(|p| p.0)
-                        .fold((255u8, 0u8), |(l, h), v| (l.min(v), h.max(v)));
+                    let (lo, hi) = b.pixels().flat_map(|p| p.0).fold((255u8, 0u8), |(l, h), v| (l.min(v), h.max(v)));
                     let span = (hi.saturating_sub(lo)).max(1) as f64;
-                    RgbImage::from_fn(w, h, |x, y| {
-                        Rgb(b
-                            .get_pixel(x, y)
-                            .0
-                            .map(|v| ((v - lo) as f64 * 255.0 / span).round() as u8))
-                    })
+                    RgbImage::from_fn(w, h, |x, y| Rgb(b.get_pixel(x, y).0.map(|v| ((v - lo) as f64 * 255.0 / span).round() as u8)))
                 }
                 _ => unreachable!(),
             };
-            let name = files[i]
-                .file_name()
-                .ok_or_else(|| anyhow!("no file name"))?;
+            let name = files[i].file_name().ok_or_else(|| anyhow!("no file name"))?;
             img.save(out.join(kind).join(name))?;
         }
     }
-    println!(
-        "{} sources x {} kinds -> {}",
-        faces.len(),
-        KINDS.len(),
-        out.display()
-    );
+    println!("{} sources x {} kinds -> {}", faces.len(), KINDS.len(), out.display());
     Ok(())
 }

@@ -18,9 +18,8 @@ fn main() -> Result<()> {
         None => find_default_inception().with_context(|| INSTALL_HELP.to_string())?,
     };
     // 64x64 faces-sized images; the resize to 299 is part of the timed work, as in `grade gan`.
-    let imgs: Vec<image::RgbImage> = (0..n)
-        .map(|i| image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, (i * 7 % 256) as u8])))
-        .collect();
+    let imgs: Vec<image::RgbImage> =
+        (0..n).map(|i| image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, (i * 7 % 256) as u8]))).collect();
     for backend in [BackendChoice::Tract, BackendChoice::Ort] {
         let mut net = InceptionNet::open(&model, &RuntimeOptions { backend, ..Default::default() }, 50)?;
         net.features(&imgs[..2.min(n)])?; // warm-up: plan building and first allocations

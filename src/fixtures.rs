@@ -75,7 +75,10 @@ impl DigitImage {
 pub fn synthetic_digit(d: u8, style: DigitStyle, rng: &mut ChaCha8Rng) -> DigitImage {
     let (ox, oy) = (rng.random_range(5..=8), rng.random_range(2..=5));
     let m = stroke(d, ox, oy);
-    let noise = |rng: &mut ChaCha8Rng, s: f32| -> f32 { let z: f32 = StandardNormal.sample(rng); s * z };
+    let noise = |rng: &mut ChaCha8Rng, s: f32| -> f32 {
+        let z: f32 = StandardNormal.sample(rng);
+        s * z
+    };
     let to_u8 = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
     match style {
         DigitStyle::Grey => {
@@ -129,7 +132,12 @@ pub fn write_digit_folder(dir: &Path, style: DigitStyle, train_per_class: usize,
 }
 
 fn gaussian(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
-    (0..n).map(|_| { let z: f32 = StandardNormal.sample(rng); std * z }).collect()
+    (0..n)
+        .map(|_| {
+            let z: f32 = StandardNormal.sample(rng);
+            std * z
+        })
+        .collect()
 }
 
 /// The course's LeNet digit classifier (digit_classifier.py) with seeded random weights, exported to
@@ -305,7 +313,8 @@ pub fn conv_noise_model(seed: u64, width: usize) -> ModelProto {
     let emb = g.node("Add", &[&te, &le], &[]);
     let emb = g.node("Reshape", &[&emb, &shape], &[]);
     let mut conv = |g: &mut GraphBuilder, x: &str, name: &str, cin: usize, cout: usize| {
-        let w = g.weight(&format!("{name}.weight"), &[cout, cin, 3, 3], &gaussian(&mut rng, cout * cin * 9, (1.0 / (cin * 9) as f32).sqrt()));
+        let w =
+            g.weight(&format!("{name}.weight"), &[cout, cin, 3, 3], &gaussian(&mut rng, cout * cin * 9, (1.0 / (cin * 9) as f32).sqrt()));
         let b = g.weight(&format!("{name}.bias"), &[cout], &vec![0.0; cout]);
         g.node("Conv", &[x, &w, &b], &[Attr::Ints("kernel_shape", vec![3, 3]), Attr::Ints("pads", vec![1, 1, 1, 1])])
     };

@@ -67,9 +67,7 @@ pub fn start_watchdog(limit: u64) {
         .spawn(move || loop {
             if let Some(rss) = resident_bytes() {
                 if rss > limit {
-                    let during = current_activity()
-                        .map(|a| format!(" while {}", crate::report::sanitize::line(&a)))
-                        .unwrap_or_default();
+                    let during = current_activity().map(|a| format!(" while {}", crate::report::sanitize::line(&a))).unwrap_or_default();
                     let msg = format!(
                         "memory limit exceeded{during}: the grader is using {:.2} GiB, over --memory-limit {:.2} GiB. \
                          The model or data needs more memory than allowed (a smaller --batch may help); the run was stopped",
@@ -147,7 +145,9 @@ fn allocation_failed(size: usize) -> ! {
     unsafe {
         libc::write(2, buf.as_ptr().cast(), n);
     }
-    crate::run_status::record_raw(b"{\"outcome\":\"memory-limit\",\"exit_code\":2,\"error\":\"an allocation failed: over the memory limit\"}\n");
+    crate::run_status::record_raw(
+        b"{\"outcome\":\"memory-limit\",\"exit_code\":2,\"error\":\"an allocation failed: over the memory limit\"}\n",
+    );
     unsafe { libc::_exit(2) }
 }
 

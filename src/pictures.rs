@@ -117,7 +117,9 @@ mod tests {
         let g = grid_with_header(&imgs, &labels, 2, 2);
         let header_h = g.height() - grid(&imgs, 2, 2, 2).height();
         assert!(header_h >= 10);
-        let lit = |x0: u32, x1: u32| (x0..x1).flat_map(|x| (0..header_h).map(move |y| (x, y))).filter(|&(x, y)| g.get_pixel(x, y)[0] == 230).count();
+        let lit = |x0: u32, x1: u32| {
+            (x0..x1).flat_map(|x| (0..header_h).map(move |y| (x, y))).filter(|&(x, y)| g.get_pixel(x, y)[0] == 230).count()
+        };
         // "1" has 8 lit font pixels, each 2x2.
         assert_eq!(lit(0, 22), 8 * 4);
         assert_eq!(lit(22, g.width()), 0);

@@ -73,8 +73,23 @@ pub fn line_chart(title: &str, xlabel: &str, series: &[Series]) -> String {
     for k in 0..=4 {
         let fx = x0 + (x1 - x0) * k as f64 / 4.0;
         let fy = y0 + (y1 - y0) * k as f64 / 4.0;
-        let _ = write!(s, r##"<line x1="{0}" y1="{t}" x2="{0}" y2="{1}" stroke="#ddd"/><text x="{0}" y="{2}" text-anchor="middle">{3}</text>"##, px(fx), h - b, h - b + 16.0, nice(fx));
-        let _ = write!(s, r##"<line x1="{l}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{4}</text>"##, py(fy), w - r, l - 6.0, py(fy) + 4.0, nice(fy));
+        let _ = write!(
+            s,
+            r##"<line x1="{0}" y1="{t}" x2="{0}" y2="{1}" stroke="#ddd"/><text x="{0}" y="{2}" text-anchor="middle">{3}</text>"##,
+            px(fx),
+            h - b,
+            h - b + 16.0,
+            nice(fx)
+        );
+        let _ = write!(
+            s,
+            r##"<line x1="{l}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{4}</text>"##,
+            py(fy),
+            w - r,
+            l - 6.0,
+            py(fy) + 4.0,
+            nice(fy)
+        );
     }
     let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, (l + w - r) / 2.0, h - 12.0, escape(xlabel));
     for (i, se) in series.iter().enumerate() {
@@ -82,7 +97,15 @@ pub fn line_chart(title: &str, xlabel: &str, series: &[Series]) -> String {
         let pts: Vec<String> = se.points.iter().filter(finite).map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1))).collect();
         let _ = write!(s, r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/>"#, pts.join(" "));
         let ly = t + 16.0 + 16.0 * i as f64;
-        let _ = write!(s, r#"<line x1="{0}" y1="{ly}" x2="{1}" y2="{ly}" stroke="{c}" stroke-width="3"/><text x="{2}" y="{3}">{4}</text>"#, w - r - 150.0, w - r - 130.0, w - r - 124.0, ly + 4.0, escape(se.name));
+        let _ = write!(
+            s,
+            r#"<line x1="{0}" y1="{ly}" x2="{1}" y2="{ly}" stroke="{c}" stroke-width="3"/><text x="{2}" y="{3}">{4}</text>"#,
+            w - r - 150.0,
+            w - r - 130.0,
+            w - r - 124.0,
+            ly + 4.0,
+            escape(se.name)
+        );
     }
     s.push_str("</svg>\n");
     s

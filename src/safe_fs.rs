@@ -77,9 +77,7 @@ pub fn read_regular(path: &Path, max_bytes: u64, what: &str) -> Result<Vec<u8>> 
         bail!("{what} {} is {len} bytes, over the limit of {max_bytes} bytes", path.display());
     }
     let mut bytes = Vec::with_capacity(len as usize);
-    file.take(max_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    file.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes).with_context(|| format!("cannot read {what} {}", path.display()))?;
     if bytes.len() as u64 > max_bytes {
         bail!("{what} {} grew past the limit of {max_bytes} bytes while being read", path.display());
     }

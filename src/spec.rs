@@ -106,9 +106,10 @@ impl GraderSpec {
 
     /// A built-in grader by name.
     pub fn builtin(name: &str) -> Result<GraderSpec> {
-        let (_, text) = BUILTIN.iter().find(|(n, _)| *n == name).ok_or_else(|| {
-            anyhow!("no grader named {name}; known: {}", BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))
-        })?;
+        let (_, text) = BUILTIN
+            .iter()
+            .find(|(n, _)| *n == name)
+            .ok_or_else(|| anyhow!("no grader named {name}; known: {}", BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")))?;
         Self::parse(text, &format!("graders/{name}.toml"))
     }
 

@@ -53,10 +53,19 @@ fn bad_model_files() {
     let cases: Vec<(PathBuf, &str)> = vec![
         (d.join("missing.onnx"), "cannot read model"),
         (write(d, "empty.onnx", b""), "is empty"),
-        (write(d, "random.onnx", &(0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>()), "not a readable ONNX model"),
+        (
+            write(d, "random.onnx", &(0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>()),
+            "not a readable ONNX model",
+        ),
         (write(d, "truncated.onnx", &good[..good.len() / 2]), "not a readable ONNX model"),
-        (write(d, "tensor.onnx", &pb::TensorProto { name: "x".into(), dims: vec![3], ..Default::default() }.encode_to_vec()), "not a readable ONNX model"),
-        (write(d, "graphless.onnx", &pb::ModelProto { ir_version: 8, producer_name: "x".into(), ..Default::default() }.encode_to_vec()), "no graph"),
+        (
+            write(d, "tensor.onnx", &pb::TensorProto { name: "x".into(), dims: vec![3], ..Default::default() }.encode_to_vec()),
+            "not a readable ONNX model",
+        ),
+        (
+            write(d, "graphless.onnx", &pb::ModelProto { ir_version: 8, producer_name: "x".into(), ..Default::default() }.encode_to_vec()),
+            "no graph",
+        ),
         (d.to_path_buf(), "is not a file"),
     ];
     for (path, want) in cases {
@@ -279,11 +288,8 @@ fn a_model_that_needs_too_much_memory_is_stopped() {
     let g = common::memory_hog_classifier(1 << 28);
     let p = tmp.path().join("hog.onnx");
     writer::save(&g, &p).unwrap();
-    let out = grade(tmp.path())
-        .args(["--memory-limit", "300M", "check", "--kind", "classifier", "--backend", "tract"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out =
+        grade(tmp.path()).args(["--memory-limit", "300M", "check", "--kind", "classifier", "--backend", "tract"]).arg(&p).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("memory limit exceeded"), "{stderr}");
@@ -445,7 +451,13 @@ fn numbers_from_a_model_are_bounded_before_they_size_anything() {
         assert_eq!(code, Some(2), "{text}");
         assert!(text.contains("timesteps") && text.contains("1..=100000") && text.contains(&format!("timesteps{i}.onnx")), "{text}");
         // grade ddpm: refused at load, exit 2, the file and the bound named.
-        let out = grade(d).args(["ddpm", "--backend", "tract", "--steps", "2", "--out"]).arg(d.join(format!("o{i}"))).arg("--model").arg(&p).output().unwrap();
+        let out = grade(d)
+            .args(["ddpm", "--backend", "tract", "--steps", "2", "--out"])
+            .arg(d.join(format!("o{i}")))
+            .arg("--model")
+            .arg(&p)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains(&format!("timesteps{i}.onnx")) && err.contains("1..=100000"), "{err}");
@@ -536,12 +548,7 @@ fn declared_sizes_are_refused_before_allocating() {
         }
         w.finish().unwrap();
     }
-    let out = grade(d)
-        .args(["--memory-limit", "300M", "faces"])
-        .arg(&faces)
-        .args(["--json", "faces.json"])
-        .output()
-        .unwrap();
+    let out = grade(d).args(["--memory-limit", "300M", "faces"]).arg(&faces).args(["--json", "faces.json"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let r = common::read_json(&d.join("faces.json"));

@@ -188,7 +188,10 @@ fn endless_loop_model(p: &Path) {
     let scalar = |name: &str, dt: DataType| pb::ValueInfoProto {
         name: name.into(),
         r#type: Some(pb::TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: dt as i32, shape: Some(pb::TensorShapeProto { dim: vec![] }) })),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: dt as i32,
+                shape: Some(pb::TensorShapeProto { dim: vec![] }),
+            })),
             ..Default::default()
         }),
         ..Default::default()
@@ -200,7 +203,12 @@ fn endless_loop_model(p: &Path) {
         name: out.into(),
         ..Default::default()
     };
-    let one = pb::TensorProto { name: "one".into(), data_type: DataType::Float as i32, raw_data: 1f32.to_le_bytes().to_vec(), ..Default::default() };
+    let one = pb::TensorProto {
+        name: "one".into(),
+        data_type: DataType::Float as i32,
+        raw_data: 1f32.to_le_bytes().to_vec(),
+        ..Default::default()
+    };
     let body = pb::GraphProto {
         name: "body".into(),
         node: vec![node("Identity", &["c_in"], "c_out"), node("Add", &["v_in", "one"], "v_out")],
@@ -220,7 +228,12 @@ fn endless_loop_model(p: &Path) {
     g.output("logits", &y, Elem::F32, &[Dim::Symbol("N"), Dim::Fixed(10)]);
     let mut m = g.build();
     let mut lp = node("Loop", &["trips", "", "v0"], "loop_v");
-    lp.attribute.push(pb::AttributeProto { name: "body".into(), r#type: pb::attribute_proto::AttributeType::Graph as i32, g: Some(body), ..Default::default() });
+    lp.attribute.push(pb::AttributeProto {
+        name: "body".into(),
+        r#type: pb::attribute_proto::AttributeType::Graph as i32,
+        g: Some(body),
+        ..Default::default()
+    });
     m.graph.as_mut().unwrap().node.insert(0, lp);
     writer::save(&m, p).unwrap();
 }
@@ -232,11 +245,7 @@ fn check_gives_up_on_a_model_that_runs_too_long() {
     endless_loop_model(&p);
     common::ort_library();
     let t = std::time::Instant::now();
-    let out = grade(tmp.path())
-        .args(["check", "--kind", "classifier", "--backend", "ort", "--timeout", "3s"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = grade(tmp.path()).args(["check", "--kind", "classifier", "--backend", "ort", "--timeout", "3s"]).arg(&p).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("slow.onnx") && stderr.contains("--timeout"), "{stderr}");

@@ -18,12 +18,8 @@ fn kid_matches_numpy_on_explicit_subsets() {
         let name = case["name"].as_str().unwrap();
         let (x, nx, d) = from_spec(&case["features"]["a"]);
         let (y, ny, _) = from_spec(&case["features"]["b"]);
-        let subsets: Vec<SubsetPair> = case["subsets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| SubsetPair { x: indices(&s["x"]), y: indices(&s["y"]) })
-            .collect();
+        let subsets: Vec<SubsetPair> =
+            case["subsets"].as_array().unwrap().iter().map(|s| SubsetPair { x: indices(&s["x"]), y: indices(&s["y"]) }).collect();
         let out = kid_with_subsets(&x, nx, &y, ny, d, &subsets).unwrap();
         let want = floats(&case["mmd2"]);
         assert_eq!(out.mmd2.len(), want.len());

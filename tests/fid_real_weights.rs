@@ -94,7 +94,11 @@ fn archive_is_refused_by_the_other_converters_and_plain_checkpoint_reading() {
     let tmp = tempfile::tempdir().unwrap();
     let out = grade(tmp.path()).args(["convert", "generator"]).arg(&archive).args(["-o", "g.onnx"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only `grade convert inception` reads one"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only `grade convert inception` reads one"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let e = gradekit::checkpoint::pth::read_state_dict(&archive).unwrap_err();
     assert!(format!("{e:#}").contains("TorchScript class"), "{e:#}");
 }
@@ -147,10 +151,14 @@ fn grade_fid_matches_pytorch_fid_on_500_val_against_500_train_faces() {
     let ours = read_json(&tmp.path().join("fid.json"));
     let grade_s = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
-    let theirs: serde_json::Value = serde_json::from_str(reference(&["fid".as_ref(), archive.as_os_str(), a.as_os_str(), b.as_os_str()]).trim()).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_str(reference(&["fid".as_ref(), archive.as_os_str(), a.as_os_str(), b.as_os_str()]).trim()).unwrap();
     let torch_s = t.elapsed().as_secs_f64();
     let (f, g) = (ours["fid"].as_f64().unwrap(), theirs["fid"].as_f64().unwrap());
-    eprintln!("500 val vs 500 train faces: grade fid {f:.6} ({grade_s:.0} s, KID {}, {}), pytorch-fid {g:.6} ({torch_s:.0} s)", ours["kid"], ours["backend"]);
+    eprintln!(
+        "500 val vs 500 train faces: grade fid {f:.6} ({grade_s:.0} s, KID {}, {}), pytorch-fid {g:.6} ({torch_s:.0} s)",
+        ours["kid"], ours["backend"]
+    );
     assert!(g > 1.0, "pytorch-fid gave {g}: two different face sets should be some distance apart");
     assert!((f - g).abs() <= 1e-3, "grade fid {f} vs pytorch-fid {g}");
 }

@@ -32,6 +32,9 @@ fn fixtures_regenerate_byte_for_byte() {
     for rel in &made {
         let committed = common::fixture(rel);
         assert!(committed.is_file(), "fixtures/{rel} is not committed: run `cargo run -- make-fixtures`");
-        assert!(std::fs::read(&committed).unwrap() == std::fs::read(tmp.path().join(rel)).unwrap(), "fixtures/{rel} differs from what make-fixtures writes");
+        assert!(
+            std::fs::read(&committed).unwrap() == std::fs::read(tmp.path().join(rel)).unwrap(),
+            "fixtures/{rel} differs from what make-fixtures writes"
+        );
     }
 }

@@ -24,9 +24,7 @@ fn noise_inputs(n: usize, k: usize) -> (Vec<f32>, Vec<i64>, Vec<i64>) {
 
 fn run(e: &mut dyn runtime::Engine, n: usize, k: usize) -> Vec<f32> {
     let (x, t, l) = noise_inputs(n, k);
-    let out = e
-        .run(&[Input::f32("x", &[n, 3, 28, 28], &x), Input::i64("t", &[n], &t), Input::i64("label", &[n], &l)], "eps")
-        .unwrap();
+    let out = e.run(&[Input::f32("x", &[n, 3, 28, 28], &x), Input::i64("t", &[n], &t), Input::i64("label", &[n], &l)], "eps").unwrap();
     assert_eq!(out.shape, vec![n, 3, 28, 28]);
     out.data
 }

@@ -63,7 +63,21 @@ fn dann_grades_the_fixture_in_both_backends_with_identical_predictions() {
 fn colour_digits_and_extra_report_paths() {
     let tmp = tempfile::tempdir().unwrap();
     grade(tmp.path())
-        .args(["dann", "--pair", "mnistm-svhn", "--backend", "tract", "--out", "o", "--json", "r.json", "--junit", "j.xml", "--markdown", "s.md"])
+        .args([
+            "dann",
+            "--pair",
+            "mnistm-svhn",
+            "--backend",
+            "tract",
+            "--out",
+            "o",
+            "--json",
+            "r.json",
+            "--junit",
+            "j.xml",
+            "--markdown",
+            "s.md",
+        ])
         .arg("--model")
         .arg(fixture("models/digit-template.onnx"))
         .arg("--data")

@@ -235,13 +235,7 @@ fn digits_folder_rejects_unlabelled_files() {
     std::fs::create_dir_all(&d).unwrap();
     image::RgbImage::new(28, 28).save(d.join("3_001.png")).unwrap();
     image::RgbImage::new(28, 28).save(d.join("x_002.png")).unwrap();
-    let out = grade(tmp.path())
-        .arg("digits")
-        .arg(&d)
-        .arg("--classifier")
-        .arg(fixture("models/digit-template.onnx"))
-        .output()
-        .unwrap();
+    let out = grade(tmp.path()).arg("digits").arg(&d).arg("--classifier").arg(fixture("models/digit-template.onnx")).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("x_002.png (name does not start with a digit)"));
 }
@@ -311,7 +305,8 @@ fn process_png_has_a_labelled_column_per_timestep() {
     assert_eq!(p.width(), 8 * 58 + 2);
     let body = 10 * 58 + 2;
     assert!(p.height() > body, "no header strip");
-    let header_lit = (0..p.width()).flat_map(|x| (0..p.height() - body).map(move |y| (x, y))).filter(|&(x, y)| p.get_pixel(x, y)[0] == 230).count();
+    let header_lit =
+        (0..p.width()).flat_map(|x| (0..p.height() - body).map(move |y| (x, y))).filter(|&(x, y)| p.get_pixel(x, y)[0] == 230).count();
     assert!(header_lit > 8 * 10, "the header strip has no labels ({header_lit} lit pixels)");
 }
 
@@ -356,7 +351,13 @@ fn real_targets(noise: f32) -> Vec<Vec<f32>> {
     use rand::{Rng, SeedableRng};
     let root = common::root().join("data/hw2_data/digits/mnistm");
     let csv = std::fs::read_to_string(root.join("train.csv")).unwrap();
-    let mut judge = gradekit::tasks::classify::Classifier::open(&common::root().join("models/digit-judge-lenet.onnx"), &Default::default(), &Default::default(), 64).unwrap();
+    let mut judge = gradekit::tasks::classify::Classifier::open(
+        &common::root().join("models/digit-judge-lenet.onnx"),
+        &Default::default(),
+        &Default::default(),
+        64,
+    )
+    .unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     (0..10u8)
         .map(|d| {
@@ -403,12 +404,18 @@ fn noise_corrupted_digits_the_judge_reads_are_caught_by_the_quality_signals() {
             .code(predicates::function::function(|c: &i32| *c == 0 || *c == 1));
         reports.push(read_json(&tmp.path().join(name).join("report.json")));
     }
-    let metric = |r: &serde_json::Value, m: &str| r["metrics"].as_array().unwrap().iter().find(|x| x["name"] == m).unwrap()["value"].as_f64().unwrap();
+    let metric = |r: &serde_json::Value, m: &str| {
+        r["metrics"].as_array().unwrap().iter().find(|x| x["name"] == m).unwrap()["value"].as_f64().unwrap()
+    };
     let (clean, noisy) = (&reports[0], &reports[1]);
     println!(
         "clean: accuracy {} noise {} judge FID {}; noisy: accuracy {} noise {} judge FID {}",
-        metric(clean, "accuracy"), metric(clean, "noise_fraction"), metric(clean, "judge_fid"),
-        metric(noisy, "accuracy"), metric(noisy, "noise_fraction"), metric(noisy, "judge_fid")
+        metric(clean, "accuracy"),
+        metric(clean, "noise_fraction"),
+        metric(clean, "judge_fid"),
+        metric(noisy, "accuracy"),
+        metric(noisy, "noise_fraction"),
+        metric(noisy, "judge_fid")
     );
     // The judge reads both sets: by accuracy alone the noisy model passes.
     assert!(metric(clean, "accuracy") >= 0.88 && metric(noisy, "accuracy") >= 0.88, "the judge should read both");

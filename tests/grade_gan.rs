@@ -9,7 +9,8 @@ use common::{blob_images, fixture, grade, read_json};
 use predicates::str::contains;
 
 fn small_spec(dir: &Path, images: usize) -> PathBuf {
-    let text = std::fs::read_to_string(common::root().join("graders/gan.toml")).unwrap().replace("images = 1000", &format!("images = {images}"));
+    let text =
+        std::fs::read_to_string(common::root().join("graders/gan.toml")).unwrap().replace("images = 1000", &format!("images = {images}"));
     let p = dir.join("gan-small.toml");
     std::fs::write(&p, text).unwrap();
     p
@@ -47,7 +48,8 @@ fn gan_without_inception_reports_fid_not_computed_and_why() {
     // Face accuracy is computed on the saved images (a random generator draws no faces).
     assert_eq!(r["metrics"][1]["name"], "face_accuracy");
     assert!(r["metrics"][1]["value"].as_f64().unwrap() <= 0.1);
-    let names: Vec<String> = std::fs::read_dir(tmp.path().join("o/images")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(tmp.path().join("o/images")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
     assert_eq!(names.len(), 30);
     assert!(names.contains(&"0000.png".to_string()) && names.contains(&"0029.png".to_string()));
     assert_eq!(image::open(tmp.path().join("o/images/0007.png")).unwrap().to_rgb8().dimensions(), (64, 64));
@@ -81,10 +83,23 @@ fn gan_fid_kid_and_cached_reference_statistics() {
     assert!(r["metrics"][2]["value"].as_f64().is_some(), "KID missing: {}", r["metrics"]);
     assert_eq!(r["metrics"][2]["name"], "kid");
     assert_eq!(r["metrics"][2]["higher_is_better"], false, "KID is a distance: lower is better");
-    assert!(r["notes"].to_string().contains("samples for 2048 dimensions"), "expected a warning about fewer samples than dimensions: {}", r["notes"]);
+    assert!(
+        r["notes"].to_string().contains("samples for 2048 dimensions"),
+        "expected a warning about fewer samples than dimensions: {}",
+        r["notes"]
+    );
 
     // Statistics computed once and reused give the same FID; KID then needs the images.
-    grade(d).arg("fid-stats").arg("ref").arg("-o").arg("ref.npz").arg("--inception").arg(&inception).args(["--backend", "tract"]).assert().success();
+    grade(d)
+        .arg("fid-stats")
+        .arg("ref")
+        .arg("-o")
+        .arg("ref.npz")
+        .arg("--inception")
+        .arg(&inception)
+        .args(["--backend", "tract"])
+        .assert()
+        .success();
     let r2 = run("ref.npz", "stats");
     let fid2 = r2["metrics"][0]["value"].as_f64().unwrap();
     assert!((fid - fid2).abs() <= 1e-9 * fid.abs().max(1.0), "{fid} vs {fid2}");
@@ -110,13 +125,7 @@ fn faces_folder_tool_counts_and_drops_unreadable_files() {
     let d = tmp.path().join("faces");
     blob_images(&d, 5, 9);
     std::fs::write(d.join("broken.png"), b"\x89PNG\r\n\x1a\n garbage").unwrap();
-    grade(tmp.path())
-        .arg("faces")
-        .arg(&d)
-        .args(["--json", "faces.json"])
-        .assert()
-        .success()
-        .stdout(contains("face accuracy"));
+    grade(tmp.path()).arg("faces").arg(&d).args(["--json", "faces.json"]).assert().success().stdout(contains("face accuracy"));
     let r = read_json(&tmp.path().join("faces.json"));
     assert_eq!(r["total"], 6);
     assert_eq!(r["loaded"], 5, "the unreadable file leaves the denominator");
@@ -143,7 +152,11 @@ fn gan_without_model_grades_the_specs_bundled_model_or_says_to_pass_one() {
     let text = std::fs::read_to_string(small_spec(d, 12)).unwrap();
     let text: String = text.lines().filter(|l| !l.trim_start().starts_with("model =")).collect::<Vec<_>>().join("\n");
     let with = d.join("with-model.toml");
-    std::fs::write(&with, text.replacen("[data]", &format!("[data]\nmodel = {:?}", fixture("models/dcgan-w8.onnx").display().to_string()), 1)).unwrap();
+    std::fs::write(
+        &with,
+        text.replacen("[data]", &format!("[data]\nmodel = {:?}", fixture("models/dcgan-w8.onnx").display().to_string()), 1),
+    )
+    .unwrap();
     grade(d)
         .env("GRADEKIT_INCEPTION", "off")
         .arg("gan")

@@ -61,7 +61,11 @@ fn gan_flags_a_generator_that_returns_training_faces() {
             .output()
             .unwrap();
         assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", String::from_utf8_lossy(&o.stderr));
-        (read_json(&d.join(out).join("report.json")), String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string())
+        (
+            read_json(&d.join(out).join("report.json")),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
     };
     let (c, stdout, stderr) = run(&d.join("copier.onnx"), "copier", "train");
     assert!(stderr.contains("computing the training faces' Inception features once"), "{stderr}");
@@ -158,7 +162,21 @@ fn ddpm_flags_a_noise_model_that_lands_on_training_digits() {
     std::fs::write(d.join("ddpm.toml"), text).unwrap();
     let o = grade(d)
         .env("GRADEKIT_CACHE", "off")
-        .args(["ddpm", "--model", "oracle.onnx", "--spec", "ddpm.toml", "--backend", "tract", "--sampler", "ddim", "--steps", "10", "--out", "o"])
+        .args([
+            "ddpm",
+            "--model",
+            "oracle.onnx",
+            "--spec",
+            "ddpm.toml",
+            "--backend",
+            "tract",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "10",
+            "--out",
+            "o",
+        ])
         .output()
         .unwrap();
     assert!(matches!(o.status.code(), Some(0) | Some(1)), "{}", String::from_utf8_lossy(&o.stderr));
@@ -177,8 +195,11 @@ fn ddpm_flags_a_noise_model_that_lands_on_training_digits() {
 fn the_bundled_judge_cut_to_its_penultimate_layer_gives_64_relu_features() {
     let rt = gradekit::runtime::RuntimeOptions { backend: gradekit::runtime::BackendChoice::Tract, ..Default::default() };
     let mut f = gradekit::metrics::digit_features::DigitFeatures::open(&common::root().join("models/digit-judge-lenet.onnx"), &rt).unwrap();
-    let imgs: Vec<image::RgbImage> =
-        std::fs::read_dir(fixture("digits/mnistm/data")).unwrap().take(5).map(|e| image::open(e.unwrap().path()).unwrap().to_rgb8()).collect();
+    let imgs: Vec<image::RgbImage> = std::fs::read_dir(fixture("digits/mnistm/data"))
+        .unwrap()
+        .take(5)
+        .map(|e| image::open(e.unwrap().path()).unwrap().to_rgb8())
+        .collect();
     let (v, dim) = f.features(&imgs).unwrap();
     assert_eq!((dim, v.len()), (64, 5 * 64));
     assert!(v.iter().all(|x| *x >= 0.0) && v.iter().any(|x| *x > 0.0));
@@ -222,7 +243,18 @@ fn batch_lists_copied_submissions_with_evidence_across_shards() {
     copy_dir(&fixture("digits/usps"), &d.join("data/digits/usps"));
     let batch = |out: &str, extra: &[&str]| {
         let o = grade(d)
-            .args(["batch", "class", "--out", out, "--data", "data", "--graders", "dann-mnistm-usps", "--grader-arg", "all=--backend=tract"])
+            .args([
+                "batch",
+                "class",
+                "--out",
+                out,
+                "--data",
+                "data",
+                "--graders",
+                "dann-mnistm-usps",
+                "--grader-arg",
+                "all=--backend=tract",
+            ])
             .args(extra)
             .output()
             .unwrap();
@@ -274,14 +306,27 @@ fn batch_lists_copied_submissions_with_evidence_across_shards() {
     assert!(shard_pairs < 2, "amy and bo are in different shards, so no single shard lists them");
     let m = grade(d).arg("merge").args(&outs).args(["--out", "merged"]).output().unwrap();
     assert!(matches!(m.status.code(), Some(0) | Some(1)), "{}", String::from_utf8_lossy(&m.stderr));
-    assert_eq!(std::fs::read_to_string(d.join("merged/similar-pairs.csv")).unwrap(), std::fs::read_to_string(d.join("full/similar-pairs.csv")).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(d.join("merged/similar-pairs.csv")).unwrap(),
+        std::fs::read_to_string(d.join("full/similar-pairs.csv")).unwrap()
+    );
 }
 
 fn quantiles(m: &gradekit::metrics::memorisation::Memorisation) -> String {
     let mut v: Vec<f32> = m.nearest.iter().map(|n| n.distance).collect();
     v.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-    format!("n {}, min {:.5}, 0.1% {:.5}, 1% {:.5}, 5% {:.5}, median {:.5}, mean d {:.5}, reverse d {:.5}", v.len(), q(0.0), q(0.001), q(0.01), q(0.05), q(0.5), m.d, m.d_reverse)
+    format!(
+        "n {}, min {:.5}, 0.1% {:.5}, 1% {:.5}, 5% {:.5}, median {:.5}, mean d {:.5}, reverse d {:.5}",
+        v.len(),
+        q(0.0),
+        q(0.001),
+        q(0.01),
+        q(0.05),
+        q(0.5),
+        m.d,
+        m.d_reverse
+    )
 }
 
 /// Calibration (RESULTS.md, "Integrity"): the real val faces are real faces from the training
@@ -295,7 +340,14 @@ fn calibration_real_val_faces_are_not_copies_of_training_faces() {
     let inception = root.join(gradekit::metrics::inception::DEFAULT_INCEPTION);
     let mut net = gradekit::metrics::inception::InceptionNet::open(&inception, &Default::default(), 50).unwrap();
     let cache = memorisation::cache_dir();
-    let (train, _) = gradekit::tasks::integrity::face_train_features(&root.join("data/hw2_data/face/train"), &inception, &mut net, cache.as_deref(), true).unwrap();
+    let (train, _) = gradekit::tasks::integrity::face_train_features(
+        &root.join("data/hw2_data/face/train"),
+        &inception,
+        &mut net,
+        cache.as_deref(),
+        true,
+    )
+    .unwrap();
     let (val, _) = gradekit::tasks::gan::folder_features(&root.join("data/hw2_data/face/val"), &mut net, true).unwrap();
     let m = memorisation::measure(&val, &train.features, train.dim, FACES).unwrap();
     eprintln!("val faces -> training faces: {}", quantiles(&m));
@@ -345,7 +397,11 @@ fn fingerprints_separate_reexported_copies_from_independent_generators_and_noise
         let fp = |p: &Path| similarity::fingerprint(p, kind, None, &opts).unwrap();
         let (fa, fc, fo) = (fp(&a), fp(&copy), fp(&other));
         let worst = |x: &similarity::Fingerprint, y: &similarity::Fingerprint| {
-            x.probes.iter().zip(&y.probes).map(|(p, q)| similarity::distance(&p.vector().unwrap(), &q.vector().unwrap()).unwrap()).fold(0.0, f64::max)
+            x.probes
+                .iter()
+                .zip(&y.probes)
+                .map(|(p, q)| similarity::distance(&p.vector().unwrap(), &q.vector().unwrap()).unwrap())
+                .fold(0.0, f64::max)
         };
         let (dc, dother) = (worst(&fa, &fc), worst(&fa, &fo));
         eprintln!("{kind:?}: copy {dc:.3e}, independent {dother:.3e}");

@@ -40,7 +40,10 @@ fn written_models_pass_onnx_checker() {
     let fixtures = [path, common::fixture("models/lenet-random.onnx"), common::fixture("models/digit-template.onnx")];
     for p in fixtures {
         let out = std::process::Command::new(common::python())
-            .args(["-c", "import onnx,sys; m=onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print(m.opset_import[0].version)"])
+            .args([
+                "-c",
+                "import onnx,sys; m=onnx.load(sys.argv[1]); onnx.checker.check_model(m, full_check=True); print(m.opset_import[0].version)",
+            ])
             .arg(&p)
             .output()
             .unwrap();

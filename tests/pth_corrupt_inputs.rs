@@ -8,17 +8,12 @@ use gradekit::checkpoint::pickle::{unpickle, PickleLimits};
 use gradekit::checkpoint::pth::{load, LoadOptions};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/pth")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/pth").join(name)
 }
 
 /// `PTH_FUZZ_SCALE=50 cargo test --release --test corrupt_inputs` for a longer run.
 fn scale() -> usize {
-    std::env::var("PTH_FUZZ_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
+    std::env::var("PTH_FUZZ_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
 }
 
 struct Rng(u64);
@@ -74,8 +69,7 @@ fn zip_records(name: &str) -> Vec<(String, Vec<u8>)> {
 
 fn write_zip(path: &Path, records: &[(String, Vec<u8>)]) {
     let mut w = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
-    let opts =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (n, b) in records {
         w.start_file(n.as_str(), opts).unwrap();
         w.write_all(b).unwrap();
@@ -94,20 +88,9 @@ fn scratch_dir(tag: &str) -> PathBuf {
 fn mutated_pickles_never_panic() {
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let (mut ok, mut err) = (0, 0);
-    for name in [
-        "tiny_views.pth",
-        "dataparallel_checkpoint.pth",
-        "tiny_bn_proto4.pth",
-    ] {
-        let pkl = zip_records(name)
-            .into_iter()
-            .find(|(n, _)| n.ends_with("data.pkl"))
-            .unwrap()
-            .1;
-        assert!(
-            unpickle(&pkl, &PickleLimits::default()).is_ok(),
-            "{name}: unmodified pickle must parse"
-        );
+    for name in ["tiny_views.pth", "dataparallel_checkpoint.pth", "tiny_bn_proto4.pth"] {
+        let pkl = zip_records(name).into_iter().find(|(n, _)| n.ends_with("data.pkl")).unwrap().1;
+        assert!(unpickle(&pkl, &PickleLimits::default()).is_ok(), "{name}: unmodified pickle must parse");
         for _ in 0..2000 * scale() {
             match unpickle(&mutate(&mut rng, &pkl), &PickleLimits::default()) {
                 Ok(_) => ok += 1,
@@ -128,11 +111,7 @@ fn mutated_zip_checkpoints_never_panic() {
     for i in 0..500 * scale() {
         let mut r = records.clone();
         // Mutate data.pkl most of the time, else one storage record (changes its length).
-        let target = if i % 4 == 0 {
-            rng.below(r.len())
-        } else {
-            r.iter().position(|(n, _)| n.ends_with("data.pkl")).unwrap()
-        };
+        let target = if i % 4 == 0 { rng.below(r.len()) } else { r.iter().position(|(n, _)| n.ends_with("data.pkl")).unwrap() };
         r[target].1 = mutate(&mut rng, &r[target].1);
         let p = dir.join("m.pth");
         write_zip(&p, &r);
@@ -153,10 +132,7 @@ fn truncated_and_mutated_legacy_files_never_panic() {
     // Every truncation point: the legacy format has no checksum, so each cut reaches the parser.
     for cut in 0..whole.len() {
         std::fs::write(&p, &whole[..cut]).unwrap();
-        assert!(
-            load(&p, &LoadOptions::default()).is_err(),
-            "a legacy file cut at {cut} bytes must fail"
-        );
+        assert!(load(&p, &LoadOptions::default()).is_err(), "a legacy file cut at {cut} bytes must fail");
     }
     let mut rng = Rng(777);
     let (mut ok, mut err) = (0, 0);

@@ -34,15 +34,8 @@ fn huge_claims_are_refused_before_allocating() {
     // Default limits: 2^40 f32 elements is over the per-tensor limit.
     LARGEST.store(0, Ordering::SeqCst);
     let e = format!("{:#}", load(&f, &LoadOptions::default()).unwrap_err());
-    assert!(
-        e.contains("1099511627776 elements") && e.contains("per-tensor limit"),
-        "{e}"
-    );
-    assert!(
-        LARGEST.load(Ordering::SeqCst) < 1 << 20,
-        "allocated {} bytes",
-        LARGEST.load(Ordering::SeqCst)
-    );
+    assert!(e.contains("1099511627776 elements") && e.contains("per-tensor limit"), "{e}");
+    assert!(LARGEST.load(Ordering::SeqCst) < 1 << 20, "allocated {} bytes", LARGEST.load(Ordering::SeqCst));
 
     // No limits at all: the 16-byte storage record is what refuses the 4 TiB claim.
     let unlimited = Limits {
@@ -53,24 +46,7 @@ fn huge_claims_are_refused_before_allocating() {
         ..Default::default()
     };
     LARGEST.store(0, Ordering::SeqCst);
-    let e = format!(
-        "{:#}",
-        load(
-            &f,
-            &LoadOptions {
-                limits: unlimited,
-                ..Default::default()
-            }
-        )
-        .unwrap_err()
-    );
-    assert!(
-        e.contains("holds 16 bytes") && e.contains("4398046511104 bytes"),
-        "{e}"
-    );
-    assert!(
-        LARGEST.load(Ordering::SeqCst) < 1 << 20,
-        "allocated {} bytes",
-        LARGEST.load(Ordering::SeqCst)
-    );
+    let e = format!("{:#}", load(&f, &LoadOptions { limits: unlimited, ..Default::default() }).unwrap_err());
+    assert!(e.contains("holds 16 bytes") && e.contains("4398046511104 bytes"), "{e}");
+    assert!(LARGEST.load(Ordering::SeqCst) < 1 << 20, "allocated {} bytes", LARGEST.load(Ordering::SeqCst));
 }

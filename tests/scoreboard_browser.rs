@@ -80,7 +80,8 @@ fn browser_renders_the_scoreboard_and_sorts_it() {
     let browser = chromium();
     let tmp = tempfile::tempdir().unwrap();
     let out = OutputDir::create(&tmp.path().join("batch"), false).unwrap();
-    let png = gradekit::pictures::png_bytes(&image::RgbImage::from_fn(28, 28, |x, y| image::Rgb([(x * 9) as u8, (y * 9) as u8, 128]))).unwrap();
+    let png =
+        gradekit::pictures::png_bytes(&image::RgbImage::from_fn(28, 28, |x, y| image::Rgb([(x * 9) as u8, (y * 9) as u8, 128]))).unwrap();
     for id in ["ann", "ben", "cat"] {
         out.write(&format!("students/{id}/ddpm/grid.png"), &png).unwrap();
     }
@@ -89,7 +90,12 @@ fn browser_renders_the_scoreboard_and_sorts_it() {
         tool_version: "test".into(),
         graders: vec!["ddpm".into()],
         shards: vec![],
-        students: vec![student("ann", Some(0.81), true), student("ben", Some(0.95), true), student("cat", Some(0.62), true), student("dan", None, false)],
+        students: vec![
+            student("ann", Some(0.81), true),
+            student("ben", Some(0.95), true),
+            student("cat", Some(0.62), true),
+            student("dan", None, false),
+        ],
     };
     batch::write_class(&out, &mut report).unwrap();
     let file = out.root().join("scoreboard.html");

@@ -90,12 +90,8 @@ impl Cluster {
                 Ok(())
             });
         }
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let child =
+            c.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
         self.daemons.push((name, child));
     }
 
@@ -147,7 +143,8 @@ impl Drop for Cluster {
         }
         // No job of ours may outlive the test (slurmstepd keeps running a job when slurmd stops).
         if self.daemons.iter().any(|(n, _)| *n == "slurmctld") {
-            if let Ok(mut c) = slurm_cmd("scancel", &self.conf).args(["--user", "root"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+            if let Ok(mut c) = slurm_cmd("scancel", &self.conf).args(["--user", "root"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+            {
                 let t = Instant::now();
                 while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
                     std::thread::sleep(Duration::from_millis(200));
@@ -172,10 +169,7 @@ impl Drop for Cluster {
 
 fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).chain(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from)).map(|d| d.join(prog)).find(|p| p.is_file())
 }
 
 fn free_port() -> std::net::TcpListener {
@@ -395,7 +389,8 @@ fn slurm_job_array_shards_merge_to_the_unsharded_run() {
     );
     // Shard 3 holds carol, so `grade batch` exited 1 there: the script must still end the task with 0.
     assert_eq!(code, Some(0), "sbatch --wait: a task failed\nstdout: {stdout}\nstderr: {stderr}");
-    let job: u64 = stdout.trim().split(';').next().unwrap().parse().unwrap_or_else(|_| panic!("no job id from sbatch --parsable: {stdout:?}"));
+    let job: u64 =
+        stdout.trim().split(';').next().unwrap().parse().unwrap_or_else(|_| panic!("no job id from sbatch --parsable: {stdout:?}"));
     eprintln!("array job {job}: {:.1} s", t.elapsed().as_secs_f64());
     for i in 1..=3 {
         let shard = out.join(format!("shard-{i}"));

@@ -31,11 +31,8 @@ fn inception_features_and_fid_match_pytorch_fid() {
     grade(tmp.path()).arg("convert").arg("inception").arg(refdir.join("inception.pth")).arg("-o").arg(&onnx).assert().success();
 
     let want = json_matrix(&refdir.join("features_a.json"));
-    let imgs: Vec<image::RgbImage> = gradekit::metrics::inception::fid_image_files(&a)
-        .unwrap()
-        .iter()
-        .map(|p| image::open(p).unwrap().to_rgb8())
-        .collect();
+    let imgs: Vec<image::RgbImage> =
+        gradekit::metrics::inception::fid_image_files(&a).unwrap().iter().map(|p| image::open(p).unwrap().to_rgb8()).collect();
     for backend in [BackendChoice::Tract, BackendChoice::Ort] {
         let mut net = InceptionNet::open(&onnx, &RuntimeOptions { backend, ..Default::default() }, 8).unwrap();
         let got = net.features(&imgs).unwrap();

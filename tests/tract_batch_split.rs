@@ -33,11 +33,7 @@ fn noise_model_batches_split_over_threads_equal_one_thread() {
     let x: Vec<f32> = (0..n * 3 * 28 * 28).map(|k| ((k as f32) * 0.11).cos()).collect();
     let t: Vec<i64> = (0..n as i64).map(|i| 100 * i + 1).collect();
     let labels: Vec<i64> = (0..n as i64).collect();
-    let inputs = [
-        Input::f32("x", &[n, 3, 28, 28], &x),
-        Input::i64("t", &[n], &t),
-        Input::i64("label", &[n], &labels),
-    ];
+    let inputs = [Input::f32("x", &[n, 3, 28, 28], &x), Input::i64("t", &[n], &t), Input::i64("label", &[n], &labels)];
     let one = run("models/noise-conv.onnx", 1, &inputs, "eps");
     let split = run("models/noise-conv.onnx", 2, &inputs, "eps");
     assert_eq!(split.shape, one.shape);

@@ -32,7 +32,11 @@ fn face_folder(dir: &Path) -> PathBuf {
             let (dx, dy) = (x as f32 - 32.0, y as f32 - 30.0 - k as f32 * 0.3);
             let face = (dx * dx) / 300.0 + (dy * dy) / 500.0 < 1.0;
             let base = (x * 3 + y * 2 + k * 9) as u8;
-            if face { image::Rgb([200, 160, 130 + k as u8]) } else { image::Rgb([base, 255 - base, 90]) }
+            if face {
+                image::Rgb([200, 160, 130 + k as u8])
+            } else {
+                image::Rgb([base, 255 - base, 90])
+            }
         });
         img.save(d.join(format!("{k:05}.png"))).unwrap();
     }
@@ -40,14 +44,16 @@ fn face_folder(dir: &Path) -> PathBuf {
 }
 
 fn grade_check(model: &Path, kind: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_grade")).arg("check").arg(model).args(["--kind", kind, "--backend", "tract"]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_grade")).arg("check").arg(model).args(["--kind", kind, "--backend", "tract"]).output().unwrap();
     assert!(out.status.success(), "grade check {kind}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 /// The loss log has `want` finite rows for `series`.
 fn losses(run: &Path, series: &str) -> Vec<f64> {
     let csv = std::fs::read_to_string(run.join("losses.csv")).unwrap();
-    let v: Vec<f64> = csv.lines().filter(|l| l.starts_with(&format!("{series},"))).map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    let v: Vec<f64> =
+        csv.lines().filter(|l| l.starts_with(&format!("{series},"))).map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
     assert!(v.iter().all(|x| x.is_finite()), "{series}: non-finite values {v:?}");
     v
 }
@@ -111,7 +117,23 @@ fn ddpm_trains_keeps_ema_weights_and_exports_a_noise_model() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("d");
     let data = common::fixture("digits/mnistm");
-    ok(&["ddpm", "--data", p(&data), "--out", p(&run), "--width", "8", "--batch", "8", "--steps", "3", "--sample-steps", "2", "--save-every", "3"]);
+    ok(&[
+        "ddpm",
+        "--data",
+        p(&data),
+        "--out",
+        p(&run),
+        "--width",
+        "8",
+        "--batch",
+        "8",
+        "--steps",
+        "3",
+        "--sample-steps",
+        "2",
+        "--save-every",
+        "3",
+    ]);
     assert_eq!(losses(&run, "mse").len(), 3);
     assert!(run.join("samples.png").is_file());
     let ck = run.join("checkpoint.safetensors");
@@ -152,7 +174,8 @@ fn ddpm_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::fixture("digits/mnistm");
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let common = ["--data", p(&data), "--width", "8", "--batch", "6", "--seed", "5", "--sample-steps", "2", "--save-every", "2", "--ema", "0.9"];
+    let common =
+        ["--data", p(&data), "--width", "8", "--batch", "6", "--seed", "5", "--sample-steps", "2", "--save-every", "2", "--ema", "0.9"];
     ok(&[&["ddpm", "--out", p(&a), "--steps", "5"][..], &common].concat());
     ok(&[&["ddpm", "--out", p(&b), "--steps", "5", "--stop-at", "2"][..], &common].concat());
     let ck = b.join("checkpoint.safetensors");
@@ -171,7 +194,21 @@ fn max_time_stops_with_a_checkpoint_that_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::fixture("digits/mnistm");
     let run = dir.path().join("c");
-    ok(&["classifier", "--data", p(&data), "--out", p(&run), "--steps", "1000000", "--batch", "8", "--max-time", "1s", "--eval-every", "1000000"]);
+    ok(&[
+        "classifier",
+        "--data",
+        p(&data),
+        "--out",
+        p(&run),
+        "--steps",
+        "1000000",
+        "--batch",
+        "8",
+        "--max-time",
+        "1s",
+        "--eval-every",
+        "1000000",
+    ]);
     let ck = run.join("checkpoint.safetensors");
     let step: i64 = Checkpoint::read(&ck).unwrap().meta("step").unwrap().parse().unwrap();
     assert!(step > 0 && step < 1_000_000, "stopped at step {step}");
@@ -183,7 +220,23 @@ fn dann_modes_train_report_accuracy_and_export_a_gradable_classifier() {
     let root = common::fixture("digits");
     for mode in ["dann", "source-only", "target-only"] {
         let run = dir.path().join(mode);
-        ok(&["dann", "--pair", "mnistm-usps", "--mode", mode, "--data", p(&root), "--out", p(&run), "--batch", "16", "--steps", "3", "--eval-every", "3"]);
+        ok(&[
+            "dann",
+            "--pair",
+            "mnistm-usps",
+            "--mode",
+            mode,
+            "--data",
+            p(&root),
+            "--out",
+            p(&run),
+            "--batch",
+            "16",
+            "--steps",
+            "3",
+            "--eval-every",
+            "3",
+        ]);
         let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
         let acc = r["accuracy"]["target_val_acc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc), "{mode}: {r}");
@@ -212,7 +265,8 @@ fn dann_augmentation_resumes_exactly_and_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let root = common::fixture("digits");
     let (a, b, plain) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("plain"));
-    let common = ["dann", "--pair", "mnistm-usps", "--data", p(&root), "--batch", "16", "--steps", "4", "--eval-every", "2", "--save-every", "2"];
+    let common =
+        ["dann", "--pair", "mnistm-usps", "--data", p(&root), "--batch", "16", "--steps", "4", "--eval-every", "2", "--save-every", "2"];
     ok(&[&common[..], &["--augment", "colour,zoom", "--out", p(&a)]].concat());
     ok(&[&common[..], &["--out", p(&plain)]].concat());
     ok(&[&common[..], &["--augment", "colour,zoom", "--out", p(&b), "--stop-at", "2"]].concat());
@@ -265,7 +319,19 @@ fn bad_training_inputs_fail_with_the_file_and_the_fix() {
     let run = dir.path().join("c");
     ok(&["classifier", "--data", p(&data), "--out", p(&run), "--steps", "1", "--batch", "8"]);
     let ck = run.join("checkpoint.safetensors");
-    let out = train(&["dann", "--pair", "mnistm-usps", "--data", p(&common::fixture("digits")), "--out", p(&dir.path().join("d")), "--steps", "2", "--resume", p(&ck)]);
+    let out = train(&[
+        "dann",
+        "--pair",
+        "mnistm-usps",
+        "--data",
+        p(&common::fixture("digits")),
+        "--out",
+        p(&dir.path().join("d")),
+        "--steps",
+        "2",
+        "--resume",
+        p(&ck),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot resume"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = train(&["export", "dcgan", p(&ck), "-o", p(&dir.path().join("g.onnx"))]);

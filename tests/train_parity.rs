@@ -18,7 +18,15 @@ fn train_bin() -> &'static str {
 }
 
 /// Runs `train parity`, exports, and compares; returns the largest difference seen.
-fn parity(kind: &str, convert_kind: ConvertKind, width: usize, batches: &[usize], input: &str, output: &str, contract: Option<&str>) -> f32 {
+fn parity(
+    kind: &str,
+    convert_kind: ConvertKind,
+    width: usize,
+    batches: &[usize],
+    input: &str,
+    output: &str,
+    contract: Option<&str>,
+) -> f32 {
     common::ort_library();
     let dir = tempfile::tempdir().unwrap();
     let b: Vec<String> = batches.iter().map(|b| b.to_string()).collect();
@@ -57,8 +65,18 @@ fn parity(kind: &str, convert_kind: ConvertKind, width: usize, batches: &[usize]
         }
     }
     if let Some(c) = contract {
-        let out = Command::new(env!("CARGO_BIN_EXE_grade")).args(["check"]).arg(&onnx).args(["--kind", c, "--backend", "tract"]).output().unwrap();
-        assert!(out.status.success(), "grade check {kind}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_grade"))
+            .args(["check"])
+            .arg(&onnx)
+            .args(["--kind", c, "--backend", "tract"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "grade check {kind}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     worst
 }
@@ -93,4 +111,3 @@ fn unet_export_matches_tch_at_batch_1_and_7_with_mixed_timesteps_and_labels() {
 fn seed_width_unet_export_matches_tch() {
     parity("unet", ConvertKind::Unet, 64, &[1, 7], "x", "eps", Some("noise"));
 }
-

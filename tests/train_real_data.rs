@@ -34,7 +34,21 @@ fn lenet_trained_briefly_on_real_mnistm_classifies_its_validation_split() {
 fn dann_trained_briefly_on_real_mnistm_to_usps_and_graded_by_grade_dann_agrees() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("dann");
-    train(&["dann", "--pair", "mnistm-usps", "--mode", "dann", "--out", run.to_str().unwrap(), "--steps", "1000", "--eval-every", "1000", "--seed", "0"]);
+    train(&[
+        "dann",
+        "--pair",
+        "mnistm-usps",
+        "--mode",
+        "dann",
+        "--out",
+        run.to_str().unwrap(),
+        "--steps",
+        "1000",
+        "--eval-every",
+        "1000",
+        "--seed",
+        "0",
+    ]);
     let acc = accuracy(&run, "target_val_acc");
     eprintln!("DANN MNIST-M -> USPS, 1000 steps: USPS val accuracy {acc:.4}");
     assert!(acc >= 0.45, "USPS val accuracy {acc}");

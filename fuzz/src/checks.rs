@@ -101,7 +101,10 @@ pub fn check_model(data: &[u8]) -> Outcome {
                 assert!(c.inputs.iter().all(|n| file.input(n).is_some()), "{kind:?}: resolved input missing");
                 assert!(file.output(&c.output).is_some(), "{kind:?}: resolved output missing");
                 // Numbers that size buffers are within their bounds.
-                assert!(c.fixed_batch.is_none_or(|b| b <= gradekit::onnx::contract::MAX_FIXED_BATCH), "{kind:?}: fixed batch over the bound");
+                assert!(
+                    c.fixed_batch.is_none_or(|b| b <= gradekit::onnx::contract::MAX_FIXED_BATCH),
+                    "{kind:?}: fixed batch over the bound"
+                );
                 for (key, lo, hi) in gradekit::onnx::contract::INT_METADATA_BOUNDS {
                     if let Ok(v) = c.meta_i64(key) {
                         assert!((*lo..=*hi).contains(&v), "{kind:?}: {key} = {v} accepted outside its bound");

@@ -109,7 +109,12 @@ pub fn mutate_model(data: &[u8], seed: u32) -> Option<Vec<u8>> {
                     pb::NodeProto {
                         op_type: "Constant".into(),
                         output: vec!["sparse_out".into()],
-                        attribute: vec![pb::AttributeProto { name: "sparse_value".into(), r#type: 11, sparse_tensor: Some(sparse), ..Default::default() }],
+                        attribute: vec![pb::AttributeProto {
+                            name: "sparse_value".into(),
+                            r#type: 11,
+                            sparse_tensor: Some(sparse),
+                            ..Default::default()
+                        }],
                         ..Default::default()
                     },
                 );
@@ -124,13 +129,24 @@ pub fn mutate_model(data: &[u8], seed: u32) -> Option<Vec<u8>> {
                 int64_data: vec![interesting(&mut r).clamp(0, 1 << 20), interesting(&mut r).clamp(0, 1 << 20)],
                 ..Default::default()
             };
-            let small = pb::TensorProto { name: "fold_small".into(), dims: vec![1, 1], data_type: 1, float_data: vec![1.0], ..Default::default() };
+            let small =
+                pb::TensorProto { name: "fold_small".into(), dims: vec![1, 1], data_type: 1, float_data: vec![1.0], ..Default::default() };
             g.initializer.push(shape);
             g.initializer.push(small);
-            let (op, ins) = [("ConstantOfShape", vec!["fold_shape"]), ("Tile", vec!["fold_small", "fold_shape"]), ("Expand", vec!["fold_small", "fold_shape"])][r.below(3)].clone();
+            let (op, ins) = [
+                ("ConstantOfShape", vec!["fold_shape"]),
+                ("Tile", vec!["fold_small", "fold_shape"]),
+                ("Expand", vec!["fold_small", "fold_shape"]),
+            ][r.below(3)]
+            .clone();
             g.node.insert(
                 0,
-                pb::NodeProto { op_type: op.into(), input: ins.iter().map(|s| s.to_string()).collect(), output: vec!["fold_out".into()], ..Default::default() },
+                pb::NodeProto {
+                    op_type: op.into(),
+                    input: ins.iter().map(|s| s.to_string()).collect(),
+                    output: vec!["fold_out".into()],
+                    ..Default::default()
+                },
             );
         }
         // A training graph (not walked: must be refused).

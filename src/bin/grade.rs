@@ -35,8 +35,26 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Ddpm { model, classifier, sampler, steps, guidance, eta, clip, no_clip, seed, keep_going, reference, runtime, output } => {
             let opts = run_options(Some(&runtime), &output)?;
-            let clip = if no_clip { Some(false) } else if clip { Some(true) } else { None };
-            let args = tasks::ddpm::DdpmArgs { model, classifier, sampler, steps, guidance, eta, clip, seed, keep_going, spec: output.spec.clone(), reference };
+            let clip = if no_clip {
+                Some(false)
+            } else if clip {
+                Some(true)
+            } else {
+                None
+            };
+            let args = tasks::ddpm::DdpmArgs {
+                model,
+                classifier,
+                sampler,
+                steps,
+                guidance,
+                eta,
+                clip,
+                seed,
+                keep_going,
+                spec: output.spec.clone(),
+                reference,
+            };
             Ok(tasks::ddpm::run(&args, &opts)?.exit_code())
         }
         Command::Gan { model, reference, inception, seed, train, detector, runtime, output } => {
@@ -45,7 +63,8 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(tasks::gan::run(&args, &opts)?.exit_code())
         }
         Command::Fid { a, b, inception, json, runtime } => {
-            let rt = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
+            let rt =
+                RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
             let v = tasks::gan::fid_folders(&a, &b, &inception, &rt, false)?;
             // Say what was compared, as every grader's summary does.
             println!("compared {} ({} images) with {} ({} images)", a.display(), v["n_a"], b.display(), v["n_b"]);
@@ -60,7 +79,8 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::FidStats { dir, output, inception, runtime } => {
-            let rt = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
+            let rt =
+                RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
             let s = tasks::gan::fid_stats(&dir, &output, &inception, &rt, false)?;
             println!("wrote {} (statistics of {} images)", output.display(), s.n);
             Ok(0)
@@ -77,7 +97,13 @@ fn run(cli: Cli) -> Result<i32> {
             };
             println!(
                 "face accuracy {:.4}: {} of {} loaded images have exactly one face ({} none, {} several, {} unreadable) [{}]",
-                r.accuracy, r.exactly_one, r.loaded, r.zero, r.multiple, r.unreadable.len(), r.detector
+                r.accuracy,
+                r.exactly_one,
+                r.loaded,
+                r.zero,
+                r.multiple,
+                r.unreadable.len(),
+                r.detector
             );
             if let Some(p) = json {
                 gradekit::report::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())?;
@@ -96,7 +122,8 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(tasks::csv_grade::run(&args, &opts)?.exit_code())
         }
         Command::Check { model, kind, runtime, json, timeout } => {
-            let opts = RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
+            let opts =
+                RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
             let meta = tasks::parse_meta(&runtime.meta)?;
             let report = tasks::check::run_bounded(&model, kind, &meta, &opts, timeout)?;
             if json {
@@ -112,12 +139,44 @@ fn run(cli: Cli) -> Result<i32> {
             let unused = tasks::convert::convert(kind, &pth, &output, &opts)?;
             println!("wrote {}", output.display());
             if !unused.is_empty() {
-                println!("note: {} tensor(s) of the checkpoint are not part of the model: {}", unused.len(), gradekit::report::sanitize::line(&unused.join(", ")));
+                println!(
+                    "note: {} tensor(s) of the checkpoint are not part of the model: {}",
+                    unused.len(),
+                    gradekit::report::sanitize::line(&unused.join(", "))
+                );
             }
             Ok(0)
         }
-        Command::Batch { submissions, out, force, shard, graders, data, grader_args, student_memory, grace, timeout, jobs, inception, quiet } => {
-            let args = tasks::batch::BatchArgs { submissions, out, force, shard, graders, data, grader_args, student_memory, grace, timeout, jobs, inception, quiet };
+        Command::Batch {
+            submissions,
+            out,
+            force,
+            shard,
+            graders,
+            data,
+            grader_args,
+            student_memory,
+            grace,
+            timeout,
+            jobs,
+            inception,
+            quiet,
+        } => {
+            let args = tasks::batch::BatchArgs {
+                submissions,
+                out,
+                force,
+                shard,
+                graders,
+                data,
+                grader_args,
+                student_memory,
+                grace,
+                timeout,
+                jobs,
+                inception,
+                quiet,
+            };
             let report = tasks::batch::run(&args)?;
             let (_, failed, errors) = report.counts();
             Ok(if failed + errors == 0 { 0 } else { 1 })
@@ -125,16 +184,29 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Merge { inputs, out, force } => {
             let m = tasks::batch::merge::merge(&inputs, &out, force)?;
             let (p, f, e) = m.report.counts();
-            println!("merged {} reports: {} students ({p} passed, {f} failed, {e} with errors) into {}", inputs.len(), m.report.students.len(), out.display());
+            println!(
+                "merged {} reports: {} students ({p} passed, {f} failed, {e} with errors) into {}",
+                inputs.len(),
+                m.report.students.len(),
+                out.display()
+            );
             if !m.missing_shards.is_empty() {
-                eprintln!("error: shards {:?} of {} are missing: the scoreboard covers only part of the class", m.missing_shards, m.report.shards[0].count);
+                eprintln!(
+                    "error: shards {:?} of {} are missing: the scoreboard covers only part of the class",
+                    m.missing_shards, m.report.shards[0].count
+                );
                 return Ok(2);
             }
             Ok(if f + e == 0 { 0 } else { 1 })
         }
         Command::Fingerprint { model, kind, val, output, runtime } => {
             let opts = RunOptions {
-                runtime: RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt },
+                runtime: RuntimeOptions {
+                    backend: runtime.backend,
+                    device: runtime.device,
+                    threads: runtime.threads,
+                    ort_opt: runtime.ort_opt,
+                },
                 meta: tasks::parse_meta(&runtime.meta)?,
                 quiet: true,
                 ..Default::default()
@@ -147,7 +219,8 @@ fn run(cli: Cli) -> Result<i32> {
             let model = if what == "memoriser" {
                 let files = gradekit::metrics::inception::fid_image_files(&input)?;
                 let limits = gradekit::data::images::ImageLimits::default();
-                let table: Vec<image::RgbImage> = files.iter().take(rows).map(|p| gradekit::data::images::load_rgb(p, &limits)).collect::<Result<_>>()?;
+                let table: Vec<image::RgbImage> =
+                    files.iter().take(rows).map(|p| gradekit::data::images::load_rgb(p, &limits)).collect::<Result<_>>()?;
                 match base {
                     Some(b) => {
                         let proto = gradekit::onnx::ModelFile::open(&b, &gradekit::onnx::ModelLimits::default())?.proto;

@@ -44,10 +44,7 @@ impl DType {
     }
     /// Integer and bool types: converted to f32 exactly only up to 2^24 in magnitude.
     pub fn is_integer(self) -> bool {
-        matches!(
-            self,
-            DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U8 | DType::Bool
-        )
+        matches!(self, DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U8 | DType::Bool)
     }
 }
 
@@ -61,97 +58,25 @@ pub struct StorageType {
 }
 
 const STORAGE_TYPES: &[StorageType] = &[
-    StorageType {
-        name: "FloatStorage",
-        dtype: Some(DType::F32),
-        item_size: 4,
-    },
-    StorageType {
-        name: "HalfStorage",
-        dtype: Some(DType::F16),
-        item_size: 2,
-    },
-    StorageType {
-        name: "BFloat16Storage",
-        dtype: Some(DType::BF16),
-        item_size: 2,
-    },
-    StorageType {
-        name: "DoubleStorage",
-        dtype: Some(DType::F64),
-        item_size: 8,
-    },
-    StorageType {
-        name: "LongStorage",
-        dtype: Some(DType::I64),
-        item_size: 8,
-    },
-    StorageType {
-        name: "IntStorage",
-        dtype: Some(DType::I32),
-        item_size: 4,
-    },
-    StorageType {
-        name: "ShortStorage",
-        dtype: Some(DType::I16),
-        item_size: 2,
-    },
-    StorageType {
-        name: "CharStorage",
-        dtype: Some(DType::I8),
-        item_size: 1,
-    },
-    StorageType {
-        name: "ByteStorage",
-        dtype: Some(DType::U8),
-        item_size: 1,
-    },
-    StorageType {
-        name: "BoolStorage",
-        dtype: Some(DType::Bool),
-        item_size: 1,
-    },
+    StorageType { name: "FloatStorage", dtype: Some(DType::F32), item_size: 4 },
+    StorageType { name: "HalfStorage", dtype: Some(DType::F16), item_size: 2 },
+    StorageType { name: "BFloat16Storage", dtype: Some(DType::BF16), item_size: 2 },
+    StorageType { name: "DoubleStorage", dtype: Some(DType::F64), item_size: 8 },
+    StorageType { name: "LongStorage", dtype: Some(DType::I64), item_size: 8 },
+    StorageType { name: "IntStorage", dtype: Some(DType::I32), item_size: 4 },
+    StorageType { name: "ShortStorage", dtype: Some(DType::I16), item_size: 2 },
+    StorageType { name: "CharStorage", dtype: Some(DType::I8), item_size: 1 },
+    StorageType { name: "ByteStorage", dtype: Some(DType::U8), item_size: 1 },
+    StorageType { name: "BoolStorage", dtype: Some(DType::Bool), item_size: 1 },
     // Raw bytes (torch.save of an UntypedStorage); tensors never point at it with another dtype.
-    StorageType {
-        name: "UntypedStorage",
-        dtype: Some(DType::U8),
-        item_size: 1,
-    },
-    StorageType {
-        name: "ComplexFloatStorage",
-        dtype: None,
-        item_size: 8,
-    },
-    StorageType {
-        name: "ComplexDoubleStorage",
-        dtype: None,
-        item_size: 16,
-    },
-    StorageType {
-        name: "QInt8Storage",
-        dtype: None,
-        item_size: 1,
-    },
-    StorageType {
-        name: "QUInt8Storage",
-        dtype: None,
-        item_size: 1,
-    },
-    StorageType {
-        name: "QInt32Storage",
-        dtype: None,
-        item_size: 4,
-    },
-    StorageType {
-        name: "QUInt4x2Storage",
-        dtype: None,
-        item_size: 1,
-    },
-    StorageType {
-        name: "QUInt2x4Storage",
-        dtype: None,
-        item_size: 1,
-    },
+    StorageType { name: "UntypedStorage", dtype: Some(DType::U8), item_size: 1 },
+    StorageType { name: "ComplexFloatStorage", dtype: None, item_size: 8 },
+    StorageType { name: "ComplexDoubleStorage", dtype: None, item_size: 16 },
+    StorageType { name: "QInt8Storage", dtype: None, item_size: 1 },
+    StorageType { name: "QUInt8Storage", dtype: None, item_size: 1 },
+    StorageType { name: "QInt32Storage", dtype: None, item_size: 4 },
+    StorageType { name: "QUInt4x2Storage", dtype: None, item_size: 1 },
+    StorageType { name: "QUInt2x4Storage", dtype: None, item_size: 1 },
 ];
 
 const TORCH_DTYPES: &[&str] = &[
@@ -217,9 +142,7 @@ pub fn resolve_global(module: &str, name: &str) -> Result<Global> {
         ("torch" | "torch.storage", _) if STORAGE_TYPES.iter().any(|s| s.name == name) => {
             Global::Storage(*STORAGE_TYPES.iter().find(|s| s.name == name).unwrap())
         }
-        ("torch", _) if TORCH_DTYPES.contains(&name) => {
-            Global::TorchDType(TORCH_DTYPES.iter().find(|d| **d == name).unwrap())
-        }
+        ("torch", _) if TORCH_DTYPES.contains(&name) => Global::TorchDType(TORCH_DTYPES.iter().find(|d| **d == name).unwrap()),
         _ if module.starts_with("__torch__") => bail!(
             "pickle global `{module}.{name}` is a TorchScript class: this is a `torch.jit.save` archive, not a \
              state_dict; save `model.state_dict()` with torch.save (only `grade convert inception` reads one \
@@ -354,9 +277,7 @@ impl Dict {
     }
 
     pub fn get_str(&self, key: &str) -> Option<&Value> {
-        self.index
-            .get(&DictKey::Str(Rc::from(key)))
-            .map(|&i| &self.items[i].1)
+        self.index.get(&DictKey::Str(Rc::from(key))).map(|&i| &self.items[i].1)
     }
 }
 
@@ -390,7 +311,10 @@ pub enum Obj {
     /// An allowlisted object we keep no data for (e.g. `torch.device('cpu')`).
     Opaque(&'static str),
     /// A TorchScript module: its class and, once BUILD has run, its attribute dict (`Value::Obj`).
-    Module { class: &'static str, state: Option<Value> },
+    Module {
+        class: &'static str,
+        state: Option<Value>,
+    },
 }
 
 /// Hard caps for one pickle stream. Defaults are far above any real state_dict pickle.
@@ -404,12 +328,7 @@ pub struct PickleLimits {
 
 impl Default for PickleLimits {
     fn default() -> Self {
-        PickleLimits {
-            max_stack: 1 << 20,
-            max_memo: 1 << 22,
-            max_objects: 1 << 22,
-            max_marks: 1 << 16,
-        }
+        PickleLimits { max_stack: 1 << 20, max_memo: 1 << 22, max_objects: 1 << 22, max_marks: 1 << 16 }
     }
 }
 
@@ -470,12 +389,7 @@ fn unpickle_inner(data: &[u8], limits: &PickleLimits, script: bool) -> Result<Un
         limits,
     };
     let root = u.run()?;
-    Ok(Unpickled {
-        root,
-        objects: u.objects,
-        storages: u.storages,
-        consumed: u.pos,
-    })
+    Ok(Unpickled { root, objects: u.objects, storages: u.storages, consumed: u.pos })
 }
 
 struct Unpickler<'a> {
@@ -504,13 +418,7 @@ impl<'a> Unpickler<'a> {
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| {
-                anyhow!(
-                    "pickle truncated: needs {n} more bytes at offset {} of {}",
-                    self.pos,
-                    self.data.len()
-                )
-            })?;
+            .ok_or_else(|| anyhow!("pickle truncated: needs {n} more bytes at offset {} of {}", self.pos, self.data.len()))?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -538,79 +446,47 @@ impl<'a> Unpickler<'a> {
             .iter()
             .take(4096)
             .position(|&b| b == b'\n')
-            .ok_or_else(|| {
-                anyhow!(
-                    "pickle GLOBAL argument at offset {} has no newline within 4096 bytes",
-                    self.pos
-                )
-            })?;
+            .ok_or_else(|| anyhow!("pickle GLOBAL argument at offset {} has no newline within 4096 bytes", self.pos))?;
         let s = std::str::from_utf8(&rest[..n]).context("pickle GLOBAL argument is not UTF-8")?;
         self.pos += n + 1;
         Ok(s)
     }
 
     fn push(&mut self, v: Value) -> Result<()> {
-        ensure!(
-            self.stack.len() < self.limits.max_stack,
-            "pickle stack exceeds {} entries",
-            self.limits.max_stack
-        );
+        ensure!(self.stack.len() < self.limits.max_stack, "pickle stack exceeds {} entries", self.limits.max_stack);
         self.stack.push(v);
         Ok(())
     }
     fn pop(&mut self) -> Result<Value> {
         // Items below the innermost MARK belong to an enclosing frame: popping them means a bad stream.
         let floor = self.marks.last().copied().unwrap_or(0);
-        ensure!(
-            self.stack.len() > floor,
-            "pickle stack underflow at offset {}",
-            self.pos
-        );
+        ensure!(self.stack.len() > floor, "pickle stack underflow at offset {}", self.pos);
         Ok(self.stack.pop().unwrap())
     }
     fn top(&self) -> Result<&Value> {
         let floor = self.marks.last().copied().unwrap_or(0);
-        ensure!(
-            self.stack.len() > floor,
-            "pickle stack empty at offset {}",
-            self.pos
-        );
+        ensure!(self.stack.len() > floor, "pickle stack empty at offset {}", self.pos);
         Ok(self.stack.last().unwrap())
     }
     fn pop_mark(&mut self) -> Result<Vec<Value>> {
-        let m = self
-            .marks
-            .pop()
-            .ok_or_else(|| anyhow!("pickle: MARK expected at offset {}", self.pos))?;
+        let m = self.marks.pop().ok_or_else(|| anyhow!("pickle: MARK expected at offset {}", self.pos))?;
         Ok(self.stack.split_off(m))
     }
     fn new_obj(&mut self, o: Obj) -> Result<Value> {
-        ensure!(
-            self.objects.len() < self.limits.max_objects,
-            "pickle creates more than {} objects",
-            self.limits.max_objects
-        );
+        ensure!(self.objects.len() < self.limits.max_objects, "pickle creates more than {} objects", self.limits.max_objects);
         self.objects.push(o);
         Ok(Value::Obj(self.objects.len() - 1))
     }
     fn memo_put(&mut self, idx: u32) -> Result<()> {
         let v = self.top()?.clone();
         if !self.memo.contains_key(&idx) {
-            ensure!(
-                self.memo.len() < self.limits.max_memo,
-                "pickle memo exceeds {} entries",
-                self.limits.max_memo
-            );
+            ensure!(self.memo.len() < self.limits.max_memo, "pickle memo exceeds {} entries", self.limits.max_memo);
         }
         self.memo.insert(idx, v);
         Ok(())
     }
     fn memo_get(&mut self, idx: u32) -> Result<()> {
-        let v = self
-            .memo
-            .get(&idx)
-            .cloned()
-            .ok_or_else(|| anyhow!("pickle memo key {idx} not found"))?;
+        let v = self.memo.get(&idx).cloned().ok_or_else(|| anyhow!("pickle memo key {idx} not found"))?;
         self.push(v)
     }
     fn string(&mut self, n: usize) -> Result<Value> {
@@ -621,25 +497,16 @@ impl<'a> Unpickler<'a> {
     fn obj_mut(&mut self, v: &Value) -> Result<&mut Obj> {
         match v {
             Value::Obj(i) => Ok(&mut self.objects[*i]),
-            other => bail!(
-                "pickle: expected a container, found {}",
-                other.type_name(&self.objects)
-            ),
+            other => bail!("pickle: expected a container, found {}", other.type_name(&self.objects)),
         }
     }
     fn tuple_items(&self, v: &Value) -> Result<Vec<Value>> {
         match v {
             Value::Obj(i) => match &self.objects[*i] {
                 Obj::Tuple(t) | Obj::List(t) => Ok(t.clone()),
-                _ => bail!(
-                    "pickle: expected a tuple, found {}",
-                    v.type_name(&self.objects)
-                ),
+                _ => bail!("pickle: expected a tuple, found {}", v.type_name(&self.objects)),
             },
-            _ => bail!(
-                "pickle: expected a tuple, found {}",
-                v.type_name(&self.objects)
-            ),
+            _ => bail!("pickle: expected a tuple, found {}", v.type_name(&self.objects)),
         }
     }
 
@@ -662,11 +529,7 @@ impl<'a> Unpickler<'a> {
                     return Ok(v);
                 }
                 b'(' => {
-                    ensure!(
-                        self.marks.len() < self.limits.max_marks,
-                        "pickle MARK nesting exceeds {}",
-                        self.limits.max_marks
-                    );
+                    ensure!(self.marks.len() < self.limits.max_marks, "pickle MARK nesting exceeds {}", self.limits.max_marks);
                     self.marks.push(self.stack.len());
                 }
                 b'0' => {
@@ -696,11 +559,7 @@ impl<'a> Unpickler<'a> {
                 }
                 0x8a | 0x8b => {
                     // LONG1 / LONG4: little-endian two's complement of n bytes
-                    let n = if op == 0x8a {
-                        self.u8()? as usize
-                    } else {
-                        self.u32()? as usize
-                    };
+                    let n = if op == 0x8a { self.u8()? as usize } else { self.u32()? as usize };
                     let b = self.take(n)?;
                     let v = if n == 0 {
                         Value::Int(0)
@@ -735,11 +594,7 @@ impl<'a> Unpickler<'a> {
                 }
                 b'T' | b'U' => {
                     // BINSTRING / SHORT_BINSTRING: Python 2 str; decode as latin-1 so it never fails
-                    let n = if op == b'T' {
-                        self.u32()? as usize
-                    } else {
-                        self.u8()? as usize
-                    };
+                    let n = if op == b'T' { self.u32()? as usize } else { self.u8()? as usize };
                     let s: String = self.take(n)?.iter().map(|&c| c as char).collect();
                     self.push(Value::Str(Rc::from(s)))?;
                 }
@@ -781,10 +636,7 @@ impl<'a> Unpickler<'a> {
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize; // TUPLE1..3
                     let floor = self.marks.last().copied().unwrap_or(0);
-                    ensure!(
-                        self.stack.len() >= floor + n,
-                        "pickle stack underflow in TUPLE{n}"
-                    );
+                    ensure!(self.stack.len() >= floor + n, "pickle stack underflow in TUPLE{n}");
                     let items = self.stack.split_off(self.stack.len() - n);
                     let v = self.new_obj(Obj::Tuple(items))?;
                     self.push(v)?;
@@ -871,9 +723,7 @@ impl<'a> Unpickler<'a> {
                             Obj::Module { class, state: None }
                         }
                         Value::Global(Global::OrderedDict) => Obj::Dict(Dict::default()),
-                        Value::Global(Global::Set) | Value::Global(Global::FrozenSet) => {
-                            Obj::Set(Vec::new())
-                        }
+                        Value::Global(Global::Set) | Value::Global(Global::FrozenSet) => Obj::Set(Vec::new()),
                         other => bail!("pickle NEWOBJ of {:?} is not supported", other),
                     };
                     let v = self.new_obj(o)?;
@@ -919,10 +769,7 @@ impl<'a> Unpickler<'a> {
                     let i = self.u32()?;
                     self.memo_get(i)?;
                 }
-                b'i' | b'o' => bail!(
-                    "pickle opcode {} (INST/OBJ: old-style object construction) is not allowed",
-                    op_name(op)
-                ),
+                b'i' | b'o' => bail!("pickle opcode {} (INST/OBJ: old-style object construction) is not allowed", op_name(op)),
                 b'P' => bail!("pickle opcode PERSID (text persistent id) is not supported"),
                 0x82..=0x84 => {
                     bail!("pickle extension-registry opcodes (EXT1/2/4) are not allowed")
@@ -938,10 +785,7 @@ impl<'a> Unpickler<'a> {
     fn reduce(&mut self, func: Value, args: Value) -> Result<Value> {
         let g = match func {
             Value::Global(g) => g,
-            other => bail!(
-                "pickle REDUCE on a non-callable {}",
-                other.type_name(&self.objects)
-            ),
+            other => bail!("pickle REDUCE on a non-callable {}", other.type_name(&self.objects)),
         };
         let a = self.tuple_items(&args)?;
         match g {
@@ -958,11 +802,7 @@ impl<'a> Unpickler<'a> {
                 self.new_obj(Obj::Dict(d))
             }
             Global::RebuildTensorV2 | Global::RebuildTensor => {
-                ensure!(
-                    a.len() >= 4,
-                    "_rebuild_tensor needs at least 4 arguments, got {}",
-                    a.len()
-                );
+                ensure!(a.len() >= 4, "_rebuild_tensor needs at least 4 arguments, got {}", a.len());
                 let storage = match self.obj_mut(&a[0]) {
                     Ok(Obj::Storage(s)) => *s,
                     _ => bail!("_rebuild_tensor: first argument is not a storage"),
@@ -970,29 +810,13 @@ impl<'a> Unpickler<'a> {
                 let offset = as_u64(&a[1]).context("_rebuild_tensor storage offset")?;
                 let shape = self.int_tuple(&a[2]).context("_rebuild_tensor size")?;
                 let stride = self.int_tuple(&a[3]).context("_rebuild_tensor stride")?;
-                ensure!(
-                    shape.len() == stride.len(),
-                    "tensor size has {} dims but stride has {}",
-                    shape.len(),
-                    stride.len()
-                );
-                self.new_obj(Obj::Tensor(TensorRef {
-                    storage,
-                    offset,
-                    shape,
-                    stride,
-                }))
+                ensure!(shape.len() == stride.len(), "tensor size has {} dims but stride has {}", shape.len(), stride.len());
+                self.new_obj(Obj::Tensor(TensorRef { storage, offset, shape, stride }))
             }
             Global::RebuildParameter | Global::RebuildParameterWithState => {
                 // Parameter(data, requires_grad, hooks[, state]): the data tensor is all we keep.
-                let t = a
-                    .first()
-                    .cloned()
-                    .ok_or_else(|| anyhow!("_rebuild_parameter without data"))?;
-                ensure!(
-                    matches!(self.obj_mut(&t), Ok(Obj::Tensor(_))),
-                    "_rebuild_parameter: data is not a tensor"
-                );
+                let t = a.first().cloned().ok_or_else(|| anyhow!("_rebuild_parameter without data"))?;
+                ensure!(matches!(self.obj_mut(&t), Ok(Obj::Tensor(_))), "_rebuild_parameter: data is not a tensor");
                 Ok(t)
             }
             Global::Set | Global::FrozenSet => {
@@ -1005,11 +829,8 @@ impl<'a> Unpickler<'a> {
             Global::CodecsEncode => {
                 // _codecs.encode(text, "latin1") is how protocol 2 stores bytes.
                 match (a.first(), a.get(1)) {
-                    (Some(Value::Str(s)), Some(Value::Str(enc)))
-                        if &**enc == "latin1" || &**enc == "latin-1" =>
-                    {
-                        let b: Option<Vec<u8>> =
-                            s.chars().map(|c| u8::try_from(c as u32).ok()).collect();
+                    (Some(Value::Str(s)), Some(Value::Str(enc))) if &**enc == "latin1" || &**enc == "latin-1" => {
+                        let b: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(c as u32).ok()).collect();
                         let b = b.ok_or_else(|| anyhow!("_codecs.encode: text is not latin-1"))?;
                         Ok(Value::Bytes(Rc::from(b)))
                     }
@@ -1041,21 +862,11 @@ impl<'a> Unpickler<'a> {
     /// with a sixth `view_metadata` item in the legacy format.
     fn persistent_load(&mut self, pid: Value) -> Result<Value> {
         let t = self.tuple_items(&pid).context("persistent id")?;
-        ensure!(
-            t.len() == 5 || t.len() == 6,
-            "persistent id has {} items, expected 5 or 6",
-            t.len()
-        );
-        ensure!(
-            matches!(&t[0], Value::Str(s) if &**s == "storage"),
-            "persistent id is not a 'storage' record"
-        );
+        ensure!(t.len() == 5 || t.len() == 6, "persistent id has {} items, expected 5 or 6", t.len());
+        ensure!(matches!(&t[0], Value::Str(s) if &**s == "storage"), "persistent id is not a 'storage' record");
         let stype = match &t[1] {
             Value::Global(Global::Storage(s)) => *s,
-            other => bail!(
-                "persistent id storage type is a {}, not a torch storage class",
-                other.type_name(&self.objects)
-            ),
+            other => bail!("persistent id storage type is a {}, not a torch storage class", other.type_name(&self.objects)),
         };
         let key = match &t[2] {
             Value::Str(s) => s.to_string(),
@@ -1064,17 +875,12 @@ impl<'a> Unpickler<'a> {
         };
         // Keys name zip entries (`data/<key>`): refuse anything that could address another path.
         ensure!(
-            !key.is_empty()
-                && key.len() <= 64
-                && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            !key.is_empty() && key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "storage key {key:?} is not a plain name"
         );
         let numel = as_u64(&t[4]).context("persistent id element count")?;
         if t.len() == 6 {
-            ensure!(
-                matches!(t[5], Value::None),
-                "legacy storage views (view_metadata) are not supported"
-            );
+            ensure!(matches!(t[5], Value::None), "legacy storage views (view_metadata) are not supported");
         }
         self.storages.push(StorageRef { key, stype, numel });
         let idx = self.storages.len() - 1;
@@ -1083,10 +889,7 @@ impl<'a> Unpickler<'a> {
 }
 
 fn fill_dict(d: &mut Dict, items: Vec<Value>) -> Result<()> {
-    ensure!(
-        items.len().is_multiple_of(2),
-        "pickle SETITEMS/DICT with an odd number of items"
-    );
+    ensure!(items.len().is_multiple_of(2), "pickle SETITEMS/DICT with an odd number of items");
     let mut it = items.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         d.insert(k, v);
@@ -1124,9 +927,7 @@ mod tests {
         let p = b"\x80\x02}q\x00X\x01\x00\x00\x00aK\x01s]q\x01h\x00a.";
         // The list is the root; its only element is the dict, which must contain a=1.
         let u = run(p).unwrap();
-        let Some(Obj::List(l)) = u.obj(&u.root) else {
-            panic!("root not a list")
-        };
+        let Some(Obj::List(l)) = u.obj(&u.root) else { panic!("root not a list") };
         let d = u.dict(&l[0]).expect("dict");
         assert!(matches!(d.get_str("a"), Some(Value::Int(1))));
     }
@@ -1147,42 +948,23 @@ mod tests {
 
     #[test]
     fn truncated_and_stopless_streams_error() {
-        assert!(run(b"\x80\x02X\xff\x00\x00\x00ab")
-            .unwrap_err()
-            .to_string()
-            .contains("truncated"));
-        assert!(run(b"\x80\x02N")
-            .unwrap_err()
-            .to_string()
-            .contains("without STOP"));
+        assert!(run(b"\x80\x02X\xff\x00\x00\x00ab").unwrap_err().to_string().contains("truncated"));
+        assert!(run(b"\x80\x02N").unwrap_err().to_string().contains("without STOP"));
         assert!(run(b"").is_err());
-        assert!(run(b"\x80\x02.")
-            .unwrap_err()
-            .to_string()
-            .contains("underflow"));
+        assert!(run(b"\x80\x02.").unwrap_err().to_string().contains("underflow"));
     }
 
     #[test]
     fn stack_and_memo_limits() {
-        let lim = PickleLimits {
-            max_stack: 100,
-            max_memo: 10,
-            ..Default::default()
-        };
+        let lim = PickleLimits { max_stack: 100, max_memo: 10, ..Default::default() };
         let many_nones = [vec![0x80, 2], vec![b'N'; 200], vec![b'.']].concat();
-        assert!(unpickle(&many_nones, &lim)
-            .unwrap_err()
-            .to_string()
-            .contains("stack exceeds"));
+        assert!(unpickle(&many_nones, &lim).unwrap_err().to_string().contains("stack exceeds"));
         let mut memo_bomb = vec![0x80, 2, b'N'];
         for i in 0..20u8 {
             memo_bomb.extend([b'q', i]);
         }
         memo_bomb.push(b'.');
-        assert!(unpickle(&memo_bomb, &lim)
-            .unwrap_err()
-            .to_string()
-            .contains("memo exceeds"));
+        assert!(unpickle(&memo_bomb, &lim).unwrap_err().to_string().contains("memo exceeds"));
     }
 
     #[test]
@@ -1197,9 +979,7 @@ mod tests {
         }
         p.extend([b'l', b'.']);
         let u = run(&p).unwrap();
-        let Some(Obj::List(l)) = u.obj(&u.root) else {
-            panic!()
-        };
+        let Some(Obj::List(l)) = u.obj(&u.root) else { panic!() };
         assert_eq!(l.len(), 100_000);
     }
 

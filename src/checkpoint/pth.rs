@@ -102,14 +102,7 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, TensorData>> {
 
 /// Like [`read_state_dict`], with the top-level key holding the state_dict given (or `None`).
 pub fn read_state_dict_key(path: &Path, key: Option<&str>) -> Result<BTreeMap<String, TensorData>> {
-    Ok(load(
-        path,
-        &LoadOptions {
-            key,
-            ..Default::default()
-        },
-    )?
-    .tensors)
+    Ok(load(path, &LoadOptions { key, ..Default::default() })?.tensors)
 }
 
 /// Read a checkpoint with full control and report where the state_dict was and how it was named.
@@ -134,10 +127,7 @@ where
     'outer: loop {
         for w in WRAPPER_PREFIXES {
             let cand = format!("{prefix}{w}");
-            if names
-                .clone()
-                .all(|n| n.starts_with(&cand) && n.len() > cand.len())
-            {
+            if names.clone().all(|n| n.starts_with(&cand) && n.len() > cand.len()) {
                 prefix = cand;
                 continue 'outer;
             }
@@ -149,10 +139,7 @@ where
 
 /// Remove `prefix` from every name that has it (names without it are kept as they are). Two names
 /// that become equal is an error rather than a silent overwrite.
-pub fn strip_prefix(
-    tensors: BTreeMap<String, TensorData>,
-    prefix: &str,
-) -> Result<BTreeMap<String, TensorData>> {
+pub fn strip_prefix(tensors: BTreeMap<String, TensorData>, prefix: &str) -> Result<BTreeMap<String, TensorData>> {
     let mut out = BTreeMap::new();
     for (name, t) in tensors {
         let new = name.strip_prefix(prefix).unwrap_or(&name).to_string();
@@ -168,11 +155,7 @@ fn load_inner(path: &Path, opts: &LoadOptions<'_>) -> Result<Loaded> {
     let file = crate::safe_fs::open_regular(path, "checkpoint")?;
     let len = file.metadata()?.len();
     ensure!(len > 0, "empty file (0 bytes): not a PyTorch checkpoint");
-    ensure!(
-        len <= lim.max_file_bytes,
-        "file is {len} bytes, over the limit of {} bytes",
-        lim.max_file_bytes
-    );
+    ensure!(len <= lim.max_file_bytes, "file is {len} bytes, over the limit of {} bytes", lim.max_file_bytes);
     let mut head = [0u8; 4];
     let n = (&file).read(&mut head)?;
     let head = &head[..n];
@@ -187,20 +170,12 @@ fn load_inner(path: &Path, opts: &LoadOptions<'_>) -> Result<Loaded> {
     };
 
     let (sd, source_key) = select_state_dict(&src.pickle, opts.key)?;
-    let mut budget = Budget {
-        used: 0,
-        max: lim.max_total_bytes,
-    };
+    let mut budget = Budget { used: 0, max: lim.max_total_bytes };
     let mut cache: HashMap<String, Vec<u8>> = HashMap::new();
     let mut tensors = BTreeMap::new();
     for (name, v) in sd {
-        let t = src
-            .pickle
-            .tensor(&v)
-            .expect("select_state_dict only returns tensors")
-            .clone();
-        let td = materialize(&mut src, &t, lim, &mut budget, &mut cache)
-            .with_context(|| format!("tensor `{name}`"))?;
+        let t = src.pickle.tensor(&v).expect("select_state_dict only returns tensors").clone();
+        let td = materialize(&mut src, &t, lim, &mut budget, &mut cache).with_context(|| format!("tensor `{name}`"))?;
         tensors.insert(name, td);
     }
     let wrapper_prefix = detect_wrapper_prefix(tensors.keys());
@@ -209,13 +184,7 @@ fn load_inner(path: &Path, opts: &LoadOptions<'_>) -> Result<Loaded> {
             tensors = strip_prefix(tensors, p)?;
         }
     }
-    Ok(Loaded {
-        tensors,
-        source_key,
-        wrapper_prefix,
-        format: src.format,
-        big_endian: src.big_endian,
-    })
+    Ok(Loaded { tensors, source_key, wrapper_prefix, format: src.format, big_endian: src.big_endian })
 }
 
 /// One module of a TorchScript archive (`torch.jit.save`), read as data: its tensors and integer
@@ -307,26 +276,11 @@ type NamedTensors = Vec<(String, Value)>;
 /// Find the state_dict: the root if every value is a tensor, else the one top-level entry that is a
 /// dict of tensors (or the entry named by `key`). Returns (name, tensor value) pairs.
 fn select_state_dict(u: &Unpickled, key: Option<&str>) -> Result<(NamedTensors, Option<String>)> {
-    let root = u.dict(&u.root).ok_or_else(|| {
-        anyhow!(
-            "the checkpoint holds a {}, not a dict (state_dict)",
-            u.type_name(&u.root)
-        )
-    })?;
+    let root = u.dict(&u.root).ok_or_else(|| anyhow!("the checkpoint holds a {}, not a dict (state_dict)", u.type_name(&u.root)))?;
     if let Some(k) = key {
-        let v = root.get_str(k).ok_or_else(|| {
-            anyhow!(
-                "key {k:?} not found; top-level keys: {}",
-                describe_keys(u, &root.items)
-            )
-        })?;
-        let d = u
-            .dict(v)
-            .ok_or_else(|| anyhow!("entry {k:?} is a {}, not a dict of tensors", u.type_name(v)))?;
-        return Ok((
-            tensor_entries(u, &d.items).with_context(|| format!("entry {k:?}"))?,
-            Some(k.to_string()),
-        ));
+        let v = root.get_str(k).ok_or_else(|| anyhow!("key {k:?} not found; top-level keys: {}", describe_keys(u, &root.items)))?;
+        let d = u.dict(v).ok_or_else(|| anyhow!("entry {k:?} is a {}, not a dict of tensors", u.type_name(v)))?;
+        return Ok((tensor_entries(u, &d.items).with_context(|| format!("entry {k:?}"))?, Some(k.to_string())));
     }
     if is_tensor_dict(u, &root.items) {
         return Ok((tensor_entries(u, &root.items)?, None));
@@ -335,9 +289,7 @@ fn select_state_dict(u: &Unpickled, key: Option<&str>) -> Result<(NamedTensors, 
         .items
         .iter()
         .filter_map(|(k, v)| match (k, u.dict(v)) {
-            (Value::Str(k), Some(d)) if is_tensor_dict(u, &d.items) => {
-                Some((&**k, d.items.as_slice()))
-            }
+            (Value::Str(k), Some(d)) if is_tensor_dict(u, &d.items) => Some((&**k, d.items.as_slice())),
             _ => None,
         })
         .collect();
@@ -356,10 +308,7 @@ fn select_state_dict(u: &Unpickled, key: Option<&str>) -> Result<(NamedTensors, 
 }
 
 fn is_tensor_dict(u: &Unpickled, items: &[(Value, Value)]) -> bool {
-    !items.is_empty()
-        && items
-            .iter()
-            .all(|(k, v)| matches!(k, Value::Str(_)) && u.tensor(v).is_some())
+    !items.is_empty() && items.iter().all(|(k, v)| matches!(k, Value::Str(_)) && u.tensor(v).is_some())
 }
 
 fn tensor_entries(u: &Unpickled, items: &[(Value, Value)]) -> Result<Vec<(String, Value)>> {
@@ -367,14 +316,8 @@ fn tensor_entries(u: &Unpickled, items: &[(Value, Value)]) -> Result<Vec<(String
     items
         .iter()
         .map(|(k, v)| {
-            let Value::Str(name) = k else {
-                bail!("state_dict key is a {}, not a string", u.type_name(k))
-            };
-            ensure!(
-                u.tensor(v).is_some(),
-                "state_dict entry {name:?} is a {}, not a tensor",
-                u.type_name(v)
-            );
+            let Value::Str(name) = k else { bail!("state_dict key is a {}, not a string", u.type_name(k)) };
+            ensure!(u.tensor(v).is_some(), "state_dict entry {name:?} is a {}, not a tensor", u.type_name(v));
             Ok((name.to_string(), v.clone()))
         })
         .collect()
@@ -411,9 +354,11 @@ struct Budget {
 
 impl Budget {
     fn take(&mut self, n: u64, what: &str) -> Result<()> {
-        let total = self.used.checked_add(n).filter(|&t| t <= self.max).ok_or_else(|| {
-            anyhow!("{what} ({n} bytes) would bring this load to more than the total limit of {} bytes", self.max)
-        })?;
+        let total = self
+            .used
+            .checked_add(n)
+            .filter(|&t| t <= self.max)
+            .ok_or_else(|| anyhow!("{what} ({n} bytes) would bring this load to more than the total limit of {} bytes", self.max))?;
         self.used = total;
         Ok(())
     }
@@ -435,8 +380,8 @@ struct Source {
 
 impl Source {
     fn open_zip(file: File, file_len: u64, lim: &Limits, script: bool) -> Result<Source> {
-        let mut za = zip::ZipArchive::new(BufReader::new(file))
-            .map_err(|e| anyhow!("cannot read zip archive (truncated or corrupt file?): {e}"))?;
+        let mut za =
+            zip::ZipArchive::new(BufReader::new(file)).map_err(|e| anyhow!("cannot read zip archive (truncated or corrupt file?): {e}"))?;
         // torch names every record `<archive>/...`; find the one `data.pkl` at that depth.
         let names: Vec<String> = za
             .file_names()
@@ -445,11 +390,7 @@ impl Source {
             .map_err(|e| anyhow!("bad record name in zip archive: {e}"))?;
         let pkl: Vec<String> = names
             .into_iter()
-            .filter(|n| {
-                n.strip_suffix("data.pkl").is_some_and(|p| {
-                    p.is_empty() || (p.ends_with('/') && p.matches('/').count() == 1)
-                })
-            })
+            .filter(|n| n.strip_suffix("data.pkl").is_some_and(|p| p.is_empty() || (p.ends_with('/') && p.matches('/').count() == 1)))
             .collect();
         let pkl_name = match pkl.as_slice() {
             [one] => one.clone(),
@@ -462,45 +403,28 @@ impl Source {
             Ok(Some(b)) => match b.as_slice() {
                 b"little" => false,
                 b"big" => true,
-                other => bail!(
-                    "unknown byteorder record {:?}",
-                    String::from_utf8_lossy(other)
-                ),
+                other => bail!("unknown byteorder record {:?}", String::from_utf8_lossy(other)),
             },
             Ok(None) => false, // files before torch 1.10 have no record; they were all little-endian
             Err(e) => return Err(e.context("reading the byteorder record")),
         };
-        let data =
-            read_entry(&mut za, &pkl_name, lim.max_pickle_bytes, file_len)?.expect("listed above");
+        let data = read_entry(&mut za, &pkl_name, lim.max_pickle_bytes, file_len)?.expect("listed above");
         let pickle = if script { pickle::unpickle_script(&data, &lim.pickle) } else { pickle::unpickle(&data, &lim.pickle) }
             .context("in data.pkl")?;
-        Ok(Source {
-            pickle,
-            format: Format::Zip,
-            big_endian,
-            zip: Some((za, prefix, file_len)),
-            legacy: None,
-        })
+        Ok(Source { pickle, format: Format::Zip, big_endian, zip: Some((za, prefix, file_len)), legacy: None })
     }
 
     /// Legacy layout: pickle(magic) pickle(protocol) pickle(sys_info) pickle(obj) pickle(keys),
     /// then for each key: int64 element count followed by the raw elements.
     fn open_legacy(mut file: File, len: u64, lim: &Limits) -> Result<Source> {
-        ensure!(
-            len <= lim.max_total_bytes,
-            "legacy-format file is {len} bytes, over the total limit of {} bytes",
-            lim.max_total_bytes
-        );
+        ensure!(len <= lim.max_total_bytes, "legacy-format file is {len} bytes, over the total limit of {} bytes", lim.max_total_bytes);
         let mut buf = Vec::with_capacity(len as usize);
         file.seek(SeekFrom::Start(0))?; // the format sniffing read the first bytes
         (&mut file).take(len).read_to_end(&mut buf)?;
         let mut pos = 0usize;
         let next = |what: &str, pos: &mut usize, buf: &[u8]| -> Result<Unpickled> {
-            let end = (*pos as u64)
-                .saturating_add(lim.max_pickle_bytes)
-                .min(buf.len() as u64) as usize;
-            let u = pickle::unpickle(&buf[*pos..end], &lim.pickle)
-                .with_context(|| format!("legacy format: {what}"))?;
+            let end = (*pos as u64).saturating_add(lim.max_pickle_bytes).min(buf.len() as u64) as usize;
+            let u = pickle::unpickle(&buf[*pos..end], &lim.pickle).with_context(|| format!("legacy format: {what}"))?;
             *pos += u.consumed;
             Ok(u)
         };
@@ -511,10 +435,7 @@ impl Source {
             "not a PyTorch checkpoint: a pickle without torch's legacy magic number (plain pickles are not accepted)"
         );
         let proto = next("protocol version", &mut pos, &buf)?;
-        ensure!(
-            matches!(proto.root, Value::Int(1001)),
-            "unsupported legacy protocol version"
-        );
+        ensure!(matches!(proto.root, Value::Int(1001)), "unsupported legacy protocol version");
         let sys = next("sys_info", &mut pos, &buf)?;
         let big_endian = match sys.dict(&sys.root).and_then(|d| d.get_str("little_endian")) {
             Some(Value::Bool(little)) => !little,
@@ -522,9 +443,7 @@ impl Source {
         };
         let pickle = next("object", &mut pos, &buf)?;
         let keys = next("storage keys", &mut pos, &buf)?;
-        let Some(pickle::Obj::List(key_list)) = keys.obj(&keys.root) else {
-            bail!("legacy format: storage key list is not a list")
-        };
+        let Some(pickle::Obj::List(key_list)) = keys.obj(&keys.root) else { bail!("legacy format: storage key list is not a list") };
         // Each key's element size comes from the persistent ids that named it.
         let mut item_size: HashMap<&str, usize> = HashMap::new();
         for s in &pickle.storages {
@@ -532,50 +451,25 @@ impl Source {
         }
         let mut records = HashMap::new();
         for k in key_list {
-            let Value::Str(k) = k else {
-                bail!("legacy format: storage key is not a string")
-            };
-            let size = *item_size
-                .get(&**k)
-                .ok_or_else(|| anyhow!("legacy format: storage {k:?} is not used by any tensor"))?;
-            let hdr = buf
-                .get(pos..pos + 8)
-                .ok_or_else(|| anyhow!("legacy format: file ends before storage {k:?}"))?;
-            let numel = if big_endian {
-                u64::from_be_bytes(hdr.try_into().unwrap())
-            } else {
-                u64::from_le_bytes(hdr.try_into().unwrap())
-            };
-            let bytes = numel
-                .checked_mul(size as u64)
-                .ok_or_else(|| anyhow!("legacy storage {k:?} size overflows"))?;
+            let Value::Str(k) = k else { bail!("legacy format: storage key is not a string") };
+            let size = *item_size.get(&**k).ok_or_else(|| anyhow!("legacy format: storage {k:?} is not used by any tensor"))?;
+            let hdr = buf.get(pos..pos + 8).ok_or_else(|| anyhow!("legacy format: file ends before storage {k:?}"))?;
+            let numel = if big_endian { u64::from_be_bytes(hdr.try_into().unwrap()) } else { u64::from_le_bytes(hdr.try_into().unwrap()) };
+            let bytes = numel.checked_mul(size as u64).ok_or_else(|| anyhow!("legacy storage {k:?} size overflows"))?;
             pos += 8;
-            let end = (pos as u64).checked_add(bytes).filter(|&e| e <= buf.len() as u64).ok_or_else(|| {
-                anyhow!("legacy format: storage {k:?} claims {bytes} bytes but the file ends first (truncated?)")
-            })?;
+            let end = (pos as u64)
+                .checked_add(bytes)
+                .filter(|&e| e <= buf.len() as u64)
+                .ok_or_else(|| anyhow!("legacy format: storage {k:?} claims {bytes} bytes but the file ends first (truncated?)"))?;
             records.insert(k.to_string(), (pos, bytes));
             pos = end as usize;
         }
-        Ok(Source {
-            pickle,
-            format: Format::Legacy,
-            big_endian,
-            zip: None,
-            legacy: Some((buf, records)),
-        })
+        Ok(Source { pickle, format: Format::Legacy, big_endian, zip: None, legacy: Some((buf, records)) })
     }
 
     /// The raw bytes of storage `s`, exactly `numel * item_size` of them.
-    fn storage_bytes(
-        &mut self,
-        s: &StorageRef,
-        lim: &Limits,
-        budget: &mut Budget,
-    ) -> Result<Vec<u8>> {
-        let want = s
-            .numel
-            .checked_mul(s.stype.item_size as u64)
-            .ok_or_else(|| anyhow!("storage {} size overflows", s.key))?;
+    fn storage_bytes(&mut self, s: &StorageRef, lim: &Limits, budget: &mut Budget) -> Result<Vec<u8>> {
+        let want = s.numel.checked_mul(s.stype.item_size as u64).ok_or_else(|| anyhow!("storage {} size overflows", s.key))?;
         ensure!(
             want <= lim.max_tensor_bytes,
             "storage {} is {want} bytes, over the per-tensor limit of {} bytes",
@@ -584,9 +478,7 @@ impl Source {
         );
         if let Some((za, prefix, file_len)) = &mut self.zip {
             let name = format!("{prefix}data/{}", s.key);
-            let mut f = za
-                .by_name(&name)
-                .map_err(|e| anyhow!("storage record {name} missing: {e}"))?;
+            let mut f = za.by_name(&name).map_err(|e| anyhow!("storage record {name} missing: {e}"))?;
             ensure!(
                 f.size() >= want,
                 "storage record {name} holds {} bytes but the checkpoint says it has {} x {} = {want} bytes (truncated?)",
@@ -605,26 +497,13 @@ impl Source {
             budget.take(want, &format!("storage {}", s.key))?;
             // Reserve no more than the file could hold: the header's size is only a claim.
             let mut out = Vec::with_capacity(want.min(*file_len) as usize);
-            (&mut f)
-                .take(want)
-                .read_to_end(&mut out)
-                .with_context(|| format!("reading {name}"))?;
+            (&mut f).take(want).read_to_end(&mut out).with_context(|| format!("reading {name}"))?;
             // The header may lie about the size; what counts is what was read.
-            ensure!(
-                out.len() as u64 == want,
-                "storage record {name} ended after {} of {want} bytes",
-                out.len()
-            );
+            ensure!(out.len() as u64 == want, "storage record {name} ended after {} of {want} bytes", out.len());
             Ok(out)
         } else if let Some((buf, records)) = &self.legacy {
-            let &(off, len) = records
-                .get(&s.key)
-                .ok_or_else(|| anyhow!("legacy storage {} has no data record", s.key))?;
-            ensure!(
-                len >= want,
-                "legacy storage {} holds {len} bytes, needs {want}",
-                s.key
-            );
+            let &(off, len) = records.get(&s.key).ok_or_else(|| anyhow!("legacy storage {} has no data record", s.key))?;
+            ensure!(len >= want, "legacy storage {} holds {len} bytes, needs {want}", s.key);
             budget.take(want, &format!("storage {}", s.key))?;
             Ok(buf[off..off + want as usize].to_vec())
         } else {
@@ -634,32 +513,17 @@ impl Source {
 }
 
 /// Read a small zip record whole, refusing one over `max` bytes. `Ok(None)` if it is absent.
-fn read_entry(
-    za: &mut zip::ZipArchive<BufReader<File>>,
-    name: &str,
-    max: u64,
-    file_len: u64,
-) -> Result<Option<Vec<u8>>> {
+fn read_entry(za: &mut zip::ZipArchive<BufReader<File>>, name: &str, max: u64, file_len: u64) -> Result<Option<Vec<u8>>> {
     let mut f = match za.by_name(name) {
         Ok(f) => f,
         Err(zip::result::ZipError::FileNotFound) => return Ok(None),
         Err(e) => bail!("cannot open zip record {name}: {e}"),
     };
-    ensure!(
-        f.size() <= max,
-        "zip record {name} is {} bytes, over the limit of {max} bytes",
-        f.size()
-    );
+    ensure!(f.size() <= max, "zip record {name} is {} bytes, over the limit of {max} bytes", f.size());
     let mut out = Vec::with_capacity(f.size().min(file_len) as usize);
     // take(max + 1): a record whose header understates its size is caught instead of read on and on.
-    (&mut f)
-        .take(max.saturating_add(1))
-        .read_to_end(&mut out)
-        .with_context(|| format!("reading zip record {name}"))?;
-    ensure!(
-        out.len() as u64 <= max,
-        "zip record {name} is larger than the limit of {max} bytes"
-    );
+    (&mut f).take(max.saturating_add(1)).read_to_end(&mut out).with_context(|| format!("reading zip record {name}"))?;
+    ensure!(out.len() as u64 <= max, "zip record {name} is larger than the limit of {max} bytes");
     Ok(Some(out))
 }
 
@@ -671,18 +535,9 @@ fn materialize(
     cache: &mut HashMap<String, Vec<u8>>,
 ) -> Result<TensorData> {
     let s = src.pickle.storages[t.storage].clone();
-    let dtype = s
-        .stype
-        .dtype
-        .ok_or_else(|| anyhow!("unsupported storage type torch.{}", s.stype.name))?;
-    let numel = t
-        .shape
-        .iter()
-        .try_fold(1u64, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| anyhow!("shape {:?} overflows", t.shape))?;
-    let out_bytes = numel
-        .checked_mul(4)
-        .ok_or_else(|| anyhow!("shape {:?} overflows", t.shape))?;
+    let dtype = s.stype.dtype.ok_or_else(|| anyhow!("unsupported storage type torch.{}", s.stype.name))?;
+    let numel = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| anyhow!("shape {:?} overflows", t.shape))?;
+    let out_bytes = numel.checked_mul(4).ok_or_else(|| anyhow!("shape {:?} overflows", t.shape))?;
     ensure!(
         out_bytes <= lim.max_tensor_bytes,
         "shape {:?} has {numel} elements ({out_bytes} bytes as f32), over the per-tensor limit of {} bytes",
@@ -691,19 +546,12 @@ fn materialize(
     );
     let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect(); // fits: product checked above
     if numel == 0 {
-        return Ok(TensorData {
-            shape,
-            data: Vec::new(),
-            dtype,
-        });
+        return Ok(TensorData { shape, data: Vec::new(), dtype });
     }
     // Highest element index the view touches; it must lie inside the storage.
     let mut last = t.offset;
     for (&d, &st) in t.shape.iter().zip(&t.stride) {
-        last = (d - 1)
-            .checked_mul(st)
-            .and_then(|x| last.checked_add(x))
-            .ok_or_else(|| anyhow!("offset/stride arithmetic overflows"))?;
+        last = (d - 1).checked_mul(st).and_then(|x| last.checked_add(x)).ok_or_else(|| anyhow!("offset/stride arithmetic overflows"))?;
     }
     ensure!(
         last < s.numel,
@@ -732,11 +580,7 @@ fn materialize(
     let bytes = &cache[&s.key];
     // A key shared by storages of different dtypes is legal; re-check against this dtype's length.
     let need = (last + 1).checked_mul(dtype.size() as u64);
-    ensure!(
-        need.is_some_and(|n| n <= bytes.len() as u64),
-        "storage {} is too short for this view",
-        s.key
-    );
+    ensure!(need.is_some_and(|n| n <= bytes.len() as u64), "storage {} is too short for this view", s.key);
     budget.take(out_bytes, "tensor output")?;
 
     let big = src.big_endian;
@@ -750,12 +594,7 @@ fn materialize(
         let inner_stride = t.stride[rank - 1] as usize;
         let mut idx = vec![0usize; rank - 1];
         loop {
-            let base = t.offset as usize
-                + idx
-                    .iter()
-                    .zip(&t.stride)
-                    .map(|(&i, &st)| i * st as usize)
-                    .sum::<usize>();
+            let base = t.offset as usize + idx.iter().zip(&t.stride).map(|(&i, &st)| i * st as usize).sum::<usize>();
             for j in 0..inner {
                 data.push(decode(bytes, base + j * inner_stride, dtype, big));
             }
@@ -811,14 +650,8 @@ mod tests {
     #[test]
     fn wrapper_prefix_detection() {
         let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            detect_wrapper_prefix(&k(&["module.a.weight", "module.b"])),
-            Some("module.".into())
-        );
-        assert_eq!(
-            detect_wrapper_prefix(&k(&["_orig_mod.module.a", "_orig_mod.module.b"])),
-            Some("_orig_mod.module.".into())
-        );
+        assert_eq!(detect_wrapper_prefix(&k(&["module.a.weight", "module.b"])), Some("module.".into()));
+        assert_eq!(detect_wrapper_prefix(&k(&["_orig_mod.module.a", "_orig_mod.module.b"])), Some("_orig_mod.module.".into()));
         assert_eq!(detect_wrapper_prefix(&k(&["module.a", "b"])), None);
         assert_eq!(detect_wrapper_prefix(&k(&["net.a", "net.b"])), None);
         assert_eq!(detect_wrapper_prefix(&k(&[])), None);
@@ -826,18 +659,11 @@ mod tests {
 
     #[test]
     fn strip_prefix_refuses_collisions() {
-        let t = TensorData {
-            shape: vec![],
-            data: vec![1.0],
-            dtype: DType::F32,
-        };
+        let t = TensorData { shape: vec![], data: vec![1.0], dtype: DType::F32 };
         let mut m = BTreeMap::new();
         m.insert("module.a".to_string(), t.clone());
         m.insert("a".to_string(), t.clone());
-        assert!(strip_prefix(m.clone(), "module.")
-            .unwrap_err()
-            .to_string()
-            .contains("two tensors named \"a\""));
+        assert!(strip_prefix(m.clone(), "module.").unwrap_err().to_string().contains("two tensors named \"a\""));
         m.remove("a");
         m.insert("b".into(), t);
         let s = strip_prefix(m, "module.").unwrap();

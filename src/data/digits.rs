@@ -16,10 +16,7 @@ impl DigitSet {
     /// Opens `dir` and reads `dir/{split}.csv`; every listed image must exist in `dir/data/`.
     pub fn open(dir: &Path, split: &str) -> Result<DigitSet> {
         if !dir.is_dir() {
-            bail!(
-                "data folder {} not found; unpack the homework data (see ../shared/data/README.md) or pass --data DIR",
-                dir.display()
-            );
+            bail!("data folder {} not found; unpack the homework data (see ../shared/data/README.md) or pass --data DIR", dir.display());
         }
         let csv = dir.join(format!("{split}.csv"));
         if !csv.is_file() {
@@ -29,11 +26,8 @@ impl DigitSet {
         if rows.is_empty() {
             bail!("{} lists no images", csv.display());
         }
-        let missing: Vec<String> = rows
-            .iter()
-            .filter(|r| !dir.join("data").join(&r.image).is_file())
-            .map(|r| format!("{} (line {})", r.image, r.line))
-            .collect();
+        let missing: Vec<String> =
+            rows.iter().filter(|r| !dir.join("data").join(&r.image).is_file()).map(|r| format!("{} (line {})", r.image, r.line)).collect();
         if !missing.is_empty() {
             bail!(
                 "{}: {} listed image(s) missing from {}: {}{}",

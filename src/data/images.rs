@@ -127,9 +127,8 @@ pub fn decode_rgb(bytes: &[u8], path: &Path, limits: &ImageLimits) -> Result<Rgb
         .map_err(|_| anyhow::anyhow!("{} is not an image (its content is not PNG, JPEG or BMP)", path.display()))?;
     let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
     reader.limits(limits.decoder_limits());
-    let img = reader
-        .decode()
-        .map_err(|e| anyhow::anyhow!("cannot decode image {}: {e} (corrupt, truncated or too large?)", path.display()))?;
+    let img =
+        reader.decode().map_err(|e| anyhow::anyhow!("cannot decode image {}: {e} (corrupt, truncated or too large?)", path.display()))?;
     Ok(img.to_rgb8())
 }
 
@@ -139,12 +138,7 @@ pub fn fit_size(img: RgbImage, width: u32, height: u32, resize: bool, path: &Pat
         return Ok(img);
     }
     if !resize {
-        bail!(
-            "{} is {}x{}, expected {width}x{height}; pass --resize to resize images",
-            path.display(),
-            img.width(),
-            img.height()
-        );
+        bail!("{} is {}x{}, expected {width}x{height}; pass --resize to resize images", path.display(), img.width(), img.height());
     }
     Ok(image::imageops::resize(&img, width, height, FilterType::Triangle))
 }

@@ -90,7 +90,10 @@ pub fn parse_label_csv(bytes: &[u8], num_classes: u8) -> Result<Vec<LabelRow>> {
             header_seen = true;
             let fields: Vec<String> = rec.iter().map(|f| f.to_ascii_lowercase()).collect();
             if fields != ["image_name", "label"] {
-                bail!("line {line}: the first line must be the header `image_name,label`, found {:?}", rec.iter().collect::<Vec<_>>().join(","));
+                bail!(
+                    "line {line}: the first line must be the header `image_name,label`, found {:?}",
+                    rec.iter().collect::<Vec<_>>().join(",")
+                );
             }
             continue;
         }

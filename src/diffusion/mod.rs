@@ -8,7 +8,6 @@ pub mod schedule;
 mod tests;
 
 pub use sampler::{
-    sample, sample_from, timesteps, to_u8, Control, Frame, NoiseModel, SampleConfig, SampleOutcome, SamplerKind,
-    Snapshots, StepEvent,
+    sample, sample_from, timesteps, to_u8, Control, Frame, NoiseModel, SampleConfig, SampleOutcome, SamplerKind, Snapshots, StepEvent,
 };
 pub use schedule::Schedule;

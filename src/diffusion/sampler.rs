@@ -22,13 +22,7 @@ use super::schedule::Schedule;
 pub trait NoiseModel {
     /// `x` is `shape = [N, C, H, W]` batch-major; `t` and `labels` have length N.
     /// Must return N*C*H*W predicted noise values in the same layout.
-    fn predict(
-        &mut self,
-        x: &[f32],
-        shape: [usize; 4],
-        t: &[i64],
-        labels: &[i64],
-    ) -> Result<Vec<f32>>;
+    fn predict(&mut self, x: &[f32], shape: [usize; 4], t: &[i64], labels: &[i64]) -> Result<Vec<f32>>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,51 +120,31 @@ impl SampleOutcome {
 ///   spacing >= 1, so the rounded values are distinct.
 /// - DPM-Solver++: diffusers' `DPMSolverMultistepScheduler` default timesteps (see below).
 pub fn timesteps(kind: SamplerKind, steps: usize, t_total: usize) -> Result<Vec<usize>> {
-    ensure!(
-        t_total >= 2,
-        "schedule needs T >= 2 timesteps, got {t_total}"
-    );
+    ensure!(t_total >= 2, "schedule needs T >= 2 timesteps, got {t_total}");
     let last = t_total - 1;
     match kind {
         SamplerKind::Ddpm => {
-            ensure!(
-                steps == last,
-                "DDPM visits every timestep: steps must be T-1 = {last}, got {steps}"
-            );
+            ensure!(steps == last, "DDPM visits every timestep: steps must be T-1 = {last}, got {steps}");
             Ok((1..=last).rev().collect())
         }
         SamplerKind::DpmSolver2M => {
-            ensure!(
-                (1..=last).contains(&steps),
-                "{} steps must be in 1..={last} (T-1), got {steps}",
-                kind.label()
-            );
+            ensure!((1..=last).contains(&steps), "{} steps must be in 1..={last} (T-1), got {steps}", kind.label());
             // diffusers' default "linspace" spacing: round(linspace(0, T-1, steps+1)) descending, without
             // the 0; the final step then jumps to sigma = 0. Ending the model calls at t=1 instead would
             // make the step before it a second-order step over a huge log-SNR interval (r = h_prev/h
             // tiny), which amplifies the x0 difference into visible noise at 10 steps.
             let delta = last as f64 / steps as f64;
-            Ok((1..=steps)
-                .rev()
-                .map(|k| if k == steps { last } else { (k as f64 * delta).round_ties_even() as usize })
-                .collect())
+            Ok((1..=steps).rev().map(|k| if k == steps { last } else { (k as f64 * delta).round_ties_even() as usize }).collect())
         }
         SamplerKind::Ddim { .. } => {
-            ensure!(
-                (1..=last).contains(&steps),
-                "{} steps must be in 1..={last} (T-1), got {steps}",
-                kind.label()
-            );
+            ensure!((1..=last).contains(&steps), "{} steps must be in 1..={last} (T-1), got {steps}", kind.label());
             if steps == 1 {
                 return Ok(vec![last]);
             }
             // Integer round-half-up of k * (T-2) / (steps-1), so no float drift at the ends.
             let span = (last - 1) as u128;
             let den = (steps - 1) as u128;
-            Ok((0..steps as u128)
-                .rev()
-                .map(|k| 1 + ((2 * k * span + den) / (2 * den)) as usize)
-                .collect())
+            Ok((0..steps as u128).rev().map(|k| 1 + ((2 * k * span + den) / (2 * den)) as usize).collect())
         }
     }
 }
@@ -231,49 +205,26 @@ fn run(
     shape_chw: [usize; 3],
     observer: &mut dyn FnMut(StepEvent<'_>) -> Result<Control>,
 ) -> Result<SampleOutcome> {
-    ensure!(
-        cfg.guidance.is_finite(),
-        "guidance scale must be finite, got {}",
-        cfg.guidance
-    );
+    ensure!(cfg.guidance.is_finite(), "guidance scale must be finite, got {}", cfg.guidance);
     if let SamplerKind::Ddim { eta } = cfg.kind {
         // eta > 1 can make 1 - ab_prev - sigma^2 negative (no real DDIM update).
-        ensure!(
-            (0.0..=1.0).contains(&eta),
-            "DDIM eta must be in [0, 1], got {eta}"
-        );
+        ensure!((0.0..=1.0).contains(&eta), "DDIM eta must be in [0, 1], got {eta}");
     }
     let batch = labels.len();
     ensure!(batch > 0, "no labels given: nothing to sample");
     let [c, h, w] = shape_chw;
-    let chw = c
-        .checked_mul(h)
-        .and_then(|v| v.checked_mul(w))
-        .filter(|&v| v > 0)
-        .with_context(|| format!("invalid image shape {shape_chw:?}"))?;
+    let chw =
+        c.checked_mul(h).and_then(|v| v.checked_mul(w)).filter(|&v| v > 0).with_context(|| format!("invalid image shape {shape_chw:?}"))?;
     // 2x for the batched cond+uncond call.
-    let n = batch
-        .checked_mul(chw)
-        .filter(|v| v.checked_mul(2).is_some())
-        .context("batch too large")?;
-    ensure!(
-        cfg.first_image.checked_add(batch as u64).is_some(),
-        "first_image {} + batch {batch} overflows u64",
-        cfg.first_image
-    );
+    let n = batch.checked_mul(chw).filter(|v| v.checked_mul(2).is_some()).context("batch too large")?;
+    ensure!(cfg.first_image.checked_add(batch as u64).is_some(), "first_image {} + batch {batch} overflows u64", cfg.first_image);
 
-    let mut rngs: Vec<ChaCha8Rng> = (0..batch as u64)
-        .map(|i| image_rng(cfg.seed, cfg.first_image + i))
-        .collect();
+    let mut rngs: Vec<ChaCha8Rng> = (0..batch as u64).map(|i| image_rng(cfg.seed, cfg.first_image + i)).collect();
     let mut x = vec![0f32; n];
     // The starting noise is always drawn, so the streams are in the same place either way.
     fill_normal(&mut rngs, &mut x, chw);
     if let Some(init) = x_init {
-        ensure!(
-            init.len() == n,
-            "starting state has {} values, expected {n}",
-            init.len()
-        );
+        ensure!(init.len() == n, "starting state has {} values, expected {n}", init.len());
         x.copy_from_slice(init);
     }
     let mut next = vec![0f32; n];
@@ -307,9 +258,7 @@ fn run(
         // model's own eps (x_t' = alpha_t x0_clipped + sigma_t eps): the part of x_t that clipping took
         // out of x0 is dropped instead of being carried into the next state, where the model would read
         // it as noise it never put there (see `clip_x0`).
-        let projected: Option<Vec<f64>> = cfg
-            .clip_x0
-            .then(|| x0.iter().zip(&eps).map(|(&v, &e)| alpha_t * v + sigma_t * e).collect());
+        let projected: Option<Vec<f64>> = cfg.clip_x0.then(|| x0.iter().zip(&eps).map(|(&v, &e)| alpha_t * v + sigma_t * e).collect());
         let state = |k: usize| projected.as_ref().map_or(f64::from(x[k]), |p| p[k]);
 
         match cfg.kind {
@@ -372,28 +321,14 @@ fn run(
             }
         }
         if let Some(i) = next.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "{}: update produced non-finite x at batch item {}",
-                at(),
-                i / chw
-            );
+            bail!("{}: update produced non-finite x at batch item {}", at(), i / chw);
         }
 
-        let control = observer(StepEvent {
-            step: k,
-            total_steps: total,
-            t,
-            t_next,
-            x_t: &x,
-            x_next: &next,
-        })
-        .with_context(|| format!("observer failed at step {} of {total} (t={t})", k + 1))?;
+        let control = observer(StepEvent { step: k, total_steps: total, t, t_next, x_t: &x, x_next: &next })
+            .with_context(|| format!("observer failed at step {} of {total} (t={t})", k + 1))?;
         std::mem::swap(&mut x, &mut next);
         if control == Control::Stop && !last {
-            return Ok(SampleOutcome::Stopped {
-                steps_done: k + 1,
-                x,
-            });
+            return Ok(SampleOutcome::Stopped { steps_done: k + 1, x });
         }
     }
     for v in &mut x {
@@ -428,10 +363,7 @@ pub struct Snapshots {
 
 impl Snapshots {
     pub fn new(wanted: &[usize]) -> Self {
-        Self {
-            pending: wanted.to_vec(),
-            frames: Vec::new(),
-        }
+        Self { pending: wanted.to_vec(), frames: Vec::new() }
     }
 
     /// Feed every event; states are seen in descending t, so the first state at or below a
@@ -441,11 +373,7 @@ impl Snapshots {
             let frames = &mut self.frames;
             self.pending.retain(|&wanted| {
                 if t <= wanted {
-                    frames.push(Frame {
-                        wanted,
-                        t,
-                        x: x.to_vec(),
-                    });
+                    frames.push(Frame { wanted, t, x: x.to_vec() });
                     false
                 } else {
                     true
@@ -477,14 +405,7 @@ fn fill_normal(rngs: &mut [ChaCha8Rng], out: &mut [f32], chw: usize) {
 }
 
 /// Noise prediction with guidance, widened to f64 for the update arithmetic.
-fn guided_eps(
-    model: &mut dyn NoiseModel,
-    x: &[f32],
-    shape: [usize; 4],
-    t: usize,
-    labels: &[i64],
-    cfg: &SampleConfig,
-) -> Result<Vec<f64>> {
+fn guided_eps(model: &mut dyn NoiseModel, x: &[f32], shape: [usize; 4], t: usize, labels: &[i64], cfg: &SampleConfig) -> Result<Vec<f64>> {
     let batch = shape[0];
     let nulls = vec![cfg.null_label; batch];
     let w = cfg.guidance;
@@ -501,50 +422,21 @@ fn guided_eps(
     xx.extend_from_slice(x);
     let mut ll = labels.to_vec();
     ll.extend_from_slice(&nulls);
-    let out = call_model(
-        model,
-        &xx,
-        [2 * batch, shape[1], shape[2], shape[3]],
-        t,
-        &ll,
-    )?;
+    let out = call_model(model, &xx, [2 * batch, shape[1], shape[2], shape[3]], t, &ll)?;
     let (cond, uncond) = out.split_at(x.len());
     // Same f32 arithmetic as torch.lerp(uncond, cond, w).
     let w = w as f32;
-    Ok(cond
-        .iter()
-        .zip(uncond)
-        .map(|(&c, &u)| f64::from(u + w * (c - u)))
-        .collect())
+    Ok(cond.iter().zip(uncond).map(|(&c, &u)| f64::from(u + w * (c - u))).collect())
 }
 
-fn call_model(
-    model: &mut dyn NoiseModel,
-    x: &[f32],
-    shape: [usize; 4],
-    t: usize,
-    labels: &[i64],
-) -> Result<Vec<f32>> {
+fn call_model(model: &mut dyn NoiseModel, x: &[f32], shape: [usize; 4], t: usize, labels: &[i64]) -> Result<Vec<f32>> {
     let t = i64::try_from(t).context("timestep does not fit in i64")?;
     let ts = vec![t; shape[0]];
-    let out = model
-        .predict(x, shape, &ts, labels)
-        .context("noise model call failed")?;
-    ensure!(
-        out.len() == x.len(),
-        "noise model returned {} values, expected {} for shape {shape:?}",
-        out.len(),
-        x.len()
-    );
+    let out = model.predict(x, shape, &ts, labels).context("noise model call failed")?;
+    ensure!(out.len() == x.len(), "noise model returned {} values, expected {} for shape {shape:?}", out.len(), x.len());
     if let Some(i) = out.iter().position(|v| !v.is_finite()) {
         let per = x.len() / shape[0];
-        bail!(
-            "noise model returned {} at batch item {} (label {}), element {}",
-            out[i],
-            i / per,
-            labels[i / per],
-            i % per
-        );
+        bail!("noise model returned {} at batch item {} (label {}), element {}", out[i], i / per, labels[i / per], i % per);
     }
     Ok(out)
 }

@@ -18,17 +18,13 @@ impl Schedule {
     /// Build a schedule by name. Only `"linear"` exists: `T` betas evenly spaced from
     /// `beta_start` to `beta_end` inclusive (like `torch.linspace`).
     pub fn new(kind: &str, beta_start: f64, beta_end: f64, t_total: usize) -> Result<Self> {
-        ensure!(
-            t_total >= 2,
-            "schedule needs T >= 2 timesteps, got {t_total}"
-        );
+        ensure!(t_total >= 2, "schedule needs T >= 2 timesteps, got {t_total}");
         match kind {
             "linear" => {
                 check_beta("beta_start", beta_start)?;
                 check_beta("beta_end", beta_end)?;
                 let step = (beta_end - beta_start) / (t_total - 1) as f64;
-                let mut betas: Vec<f64> =
-                    (0..t_total).map(|i| beta_start + step * i as f64).collect();
+                let mut betas: Vec<f64> = (0..t_total).map(|i| beta_start + step * i as f64).collect();
                 // Pin the endpoint so rounding in `step * (T-1)` cannot move it.
                 betas[t_total - 1] = beta_end;
                 Self::from_betas(betas)
@@ -39,11 +35,7 @@ impl Schedule {
 
     /// Build a schedule from explicit betas; each must be finite with 0 < beta < 1.
     pub fn from_betas(betas: Vec<f64>) -> Result<Self> {
-        ensure!(
-            betas.len() >= 2,
-            "schedule needs T >= 2 betas, got {}",
-            betas.len()
-        );
+        ensure!(betas.len() >= 2, "schedule needs T >= 2 betas, got {}", betas.len());
         for (i, &b) in betas.iter().enumerate() {
             check_beta(&format!("betas[{i}]"), b)?;
         }
@@ -57,15 +49,8 @@ impl Schedule {
             .collect();
         // 0 < beta < 1 keeps every alpha_bar in (0, 1), but a very long schedule could
         // underflow to 0, which would make x0 = (x - ..)/sqrt(alpha_bar) divide by zero.
-        ensure!(
-            alpha_bars.iter().all(|&ab| ab > 0.0),
-            "alpha_bar underflows to 0 (schedule too long or betas too large)"
-        );
-        Ok(Self {
-            betas,
-            alphas,
-            alpha_bars,
-        })
+        ensure!(alpha_bars.iter().all(|&ab| ab > 0.0), "alpha_bar underflows to 0 (schedule too long or betas too large)");
+        Ok(Self { betas, alphas, alpha_bars })
     }
 
     /// Number of timesteps `T`.
@@ -92,9 +77,6 @@ impl Schedule {
 }
 
 fn check_beta(name: &str, b: f64) -> Result<()> {
-    ensure!(
-        b.is_finite() && b > 0.0 && b < 1.0,
-        "{name} must be finite and in (0, 1), got {b}"
-    );
+    ensure!(b.is_finite() && b > 0.0 && b < 1.0, "{name} must be finite and in (0, 1), got {b}");
     Ok(())
 }

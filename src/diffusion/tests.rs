@@ -13,15 +13,7 @@ fn dome() -> Schedule {
 }
 
 fn cfg(kind: SamplerKind, steps: usize) -> SampleConfig {
-    SampleConfig {
-        kind,
-        steps,
-        guidance: 1.0,
-        null_label: NULL,
-        clip_x0: false,
-        seed: 7,
-        first_image: 0,
-    }
+    SampleConfig { kind, steps, guidance: 1.0, null_label: NULL, clip_x0: false, seed: 7, first_image: 0 }
 }
 
 fn ddim(eta: f64, steps: usize) -> SampleConfig {
@@ -32,25 +24,13 @@ fn keep_going(_: StepEvent<'_>) -> Result<Control> {
     Ok(Control::Continue)
 }
 
-fn run(
-    model: &mut dyn NoiseModel,
-    s: &Schedule,
-    c: &SampleConfig,
-    labels: &[i64],
-    chw: [usize; 3],
-) -> Vec<f32> {
-    sample(model, s, c, labels, chw, &mut keep_going)
-        .unwrap()
-        .finished()
-        .unwrap()
+fn run(model: &mut dyn NoiseModel, s: &Schedule, c: &SampleConfig, labels: &[i64], chw: [usize; 3]) -> Vec<f32> {
+    sample(model, s, c, labels, chw, &mut keep_going).unwrap().finished().unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Fixed clean image per label, values in [-0.8, 0.8] (clamping never touches it).
@@ -59,10 +39,7 @@ fn target(label: i64, j: usize) -> f32 {
 }
 
 fn targets(labels: &[i64], chw: usize) -> Vec<f32> {
-    labels
-        .iter()
-        .flat_map(|&l| (0..chw).map(move |j| target(l, j)))
-        .collect()
+    labels.iter().flat_map(|&l| (0..chw).map(move |j| target(l, j))).collect()
 }
 
 /// Knows x0* for each label and returns exactly the noise that explains x_t:
@@ -74,21 +51,12 @@ struct Oracle {
 
 impl Oracle {
     fn new(s: &Schedule) -> Self {
-        Self {
-            alpha_bars: s.alpha_bars().to_vec(),
-            shift: 0.0,
-        }
+        Self { alpha_bars: s.alpha_bars().to_vec(), shift: 0.0 }
     }
 }
 
 impl NoiseModel for Oracle {
-    fn predict(
-        &mut self,
-        x: &[f32],
-        shape: [usize; 4],
-        t: &[i64],
-        labels: &[i64],
-    ) -> Result<Vec<f32>> {
+    fn predict(&mut self, x: &[f32], shape: [usize; 4], t: &[i64], labels: &[i64]) -> Result<Vec<f32>> {
         let chw = shape[1] * shape[2] * shape[3];
         Ok(x.iter()
             .enumerate()
@@ -106,20 +74,9 @@ impl NoiseModel for Oracle {
 struct Toy;
 
 impl NoiseModel for Toy {
-    fn predict(
-        &mut self,
-        x: &[f32],
-        shape: [usize; 4],
-        t: &[i64],
-        labels: &[i64],
-    ) -> Result<Vec<f32>> {
+    fn predict(&mut self, x: &[f32], shape: [usize; 4], t: &[i64], labels: &[i64]) -> Result<Vec<f32>> {
         let chw = shape[1] * shape[2] * shape[3];
-        Ok(x.iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                0.9 * v.tanh() + 0.01 * labels[i / chw] as f32 + 1e-5 * t[i / chw] as f32
-            })
-            .collect())
+        Ok(x.iter().enumerate().map(|(i, &v)| 0.9 * v.tanh() + 0.01 * labels[i / chw] as f32 + 1e-5 * t[i / chw] as f32).collect())
     }
 }
 
@@ -139,26 +96,10 @@ struct Recorder {
 }
 
 impl NoiseModel for Recorder {
-    fn predict(
-        &mut self,
-        x: &[f32],
-        shape: [usize; 4],
-        t: &[i64],
-        labels: &[i64],
-    ) -> Result<Vec<f32>> {
-        self.calls.push(Call {
-            batch: shape[0],
-            t: t.to_vec(),
-            labels: labels.to_vec(),
-            x: x.to_vec(),
-        });
+    fn predict(&mut self, x: &[f32], shape: [usize; 4], t: &[i64], labels: &[i64]) -> Result<Vec<f32>> {
+        self.calls.push(Call { batch: shape[0], t: t.to_vec(), labels: labels.to_vec(), x: x.to_vec() });
         let chw = shape[1] * shape[2] * shape[3];
-        Ok(labels
-            .iter()
-            .flat_map(|&l| {
-                std::iter::repeat_n(if l == NULL { self.uncond } else { self.cond }, chw)
-            })
-            .collect())
+        Ok(labels.iter().flat_map(|&l| std::iter::repeat_n(if l == NULL { self.uncond } else { self.cond }, chw)).collect())
     }
 }
 
@@ -176,11 +117,7 @@ fn linear_schedule_matches_numpy_reference() {
     assert!(close(s.alpha_bars()[0], 0.9999));
     assert!(close(s.alpha_bars()[1], 0.9997800920720721));
     assert!(close(s.alpha_bars()[499], 0.07858724288177824));
-    assert!(
-        close(s.alpha_bars()[999], 4.035829765375676e-05),
-        "{}",
-        s.alpha_bars()[999]
-    );
+    assert!(close(s.alpha_bars()[999], 4.035829765375676e-05), "{}", s.alpha_bars()[999]);
     assert!(close(s.alphas()[999], 0.98));
 }
 
@@ -209,9 +146,7 @@ fn invalid_schedules_are_errors() {
     for (i, r) in bad.into_iter().enumerate() {
         assert!(r.is_err(), "case {i} should be rejected");
     }
-    let msg = Schedule::from_betas(vec![0.1, 1.5])
-        .unwrap_err()
-        .to_string();
+    let msg = Schedule::from_betas(vec![0.1, 1.5]).unwrap_err().to_string();
     assert!(msg.contains("betas[1]"), "{msg}");
 }
 
@@ -235,10 +170,7 @@ fn ddim_timesteps_are_evenly_spaced_and_distinct() {
         let ts = timesteps(kind, steps, 1000).unwrap();
         assert_eq!(ts.len(), steps);
         assert_eq!((ts[0], *ts.last().unwrap()), (999, 1), "steps={steps}");
-        assert!(
-            ts.windows(2).all(|w| w[0] > w[1]),
-            "steps={steps} not strictly descending"
-        );
+        assert!(ts.windows(2).all(|w| w[0] > w[1]), "steps={steps} not strictly descending");
         // Evenly spaced up to rounding: gaps differ by at most 1.
         let gaps: Vec<usize> = ts.windows(2).map(|w| w[0] - w[1]).collect();
         let (lo, hi) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
@@ -246,21 +178,12 @@ fn ddim_timesteps_are_evenly_spaced_and_distinct() {
     }
     // Same as numpy's floor(linspace(1, T-1, steps) + 0.5), reversed, for every valid count.
     for steps in 2..=999usize {
-        let want: Vec<usize> = (0..steps)
-            .rev()
-            .map(|k| (1.0 + k as f64 * 998.0 / (steps - 1) as f64 + 0.5).floor() as usize)
-            .collect();
+        let want: Vec<usize> = (0..steps).rev().map(|k| (1.0 + k as f64 * 998.0 / (steps - 1) as f64 + 0.5).floor() as usize).collect();
         assert_eq!(timesteps(kind, steps, 1000).unwrap(), want, "steps={steps}");
     }
     assert_eq!(timesteps(kind, 1, 1000).unwrap(), vec![999]);
-    assert_eq!(
-        timesteps(kind, 10, 1000).unwrap(),
-        vec![999, 888, 777, 666, 555, 445, 334, 223, 112, 1]
-    );
-    assert_eq!(
-        timesteps(kind, 999, 1000).unwrap(),
-        (1..=999).rev().collect::<Vec<_>>()
-    );
+    assert_eq!(timesteps(kind, 10, 1000).unwrap(), vec![999, 888, 777, 666, 555, 445, 334, 223, 112, 1]);
+    assert_eq!(timesteps(kind, 999, 1000).unwrap(), (1..=999).rev().collect::<Vec<_>>());
     assert!(timesteps(kind, 0, 1000).is_err());
     assert!(timesteps(kind, 1000, 1000).is_err());
     assert!(timesteps(kind, 1, 1).is_err());
@@ -313,28 +236,15 @@ fn ddpm_with_oracle_lands_within_derived_bound() {
     assert!(sd < 0.01, "derived noise sd {sd} is not small");
 
     let labels = [0, 5, 8];
-    let out = run(
-        &mut Oracle::new(&s),
-        &s,
-        &cfg(SamplerKind::Ddpm, 999),
-        &labels,
-        MNIST,
-    );
+    let out = run(&mut Oracle::new(&s), &s, &cfg(SamplerKind::Ddpm, 999), &labels, MNIST);
     let x0 = targets(&labels, 3 * 28 * 28);
-    let d: Vec<f64> = out
-        .iter()
-        .zip(&x0)
-        .map(|(&o, &t)| f64::from(o) - scale * f64::from(t))
-        .collect();
+    let d: Vec<f64> = out.iter().zip(&x0).map(|(&o, &t)| f64::from(o) - scale * f64::from(t)).collect();
     let n = d.len() as f64;
     let mean = d.iter().sum::<f64>() / n;
     let rms = (d.iter().map(|e| e * e).sum::<f64>() / n).sqrt();
     let max = d.iter().fold(0.0f64, |acc, e| acc.max(e.abs()));
     assert!(mean.abs() < 5.0 * sd / n.sqrt(), "mean {mean} sd {sd}");
-    assert!(
-        (rms / sd - 1.0).abs() < 0.05,
-        "rms {rms} vs derived sd {sd}"
-    );
+    assert!((rms / sd - 1.0).abs() < 0.05, "rms {rms} vs derived sd {sd}");
     assert!(max < 5.5 * sd, "max {max} vs sd {sd}");
     // Hence the distance to x0* itself: |1 - scale| * 0.8 + 5.5 sd.
     let bound = (1.0 - scale).abs() * 0.8 + 5.5 * sd;
@@ -352,28 +262,17 @@ fn clip_x0_clamps_the_prediction() {
     let shift = 1.5;
     let want_raw: Vec<f32> = targets(&labels, 192).iter().map(|v| v + shift).collect();
     for clip in [false, true] {
-        let mut oracle = Oracle {
-            shift,
-            ..Oracle::new(&s)
-        };
-        let c = SampleConfig {
-            clip_x0: clip,
-            ..ddim(0.0, 20)
-        };
+        let mut oracle = Oracle { shift, ..Oracle::new(&s) };
+        let c = SampleConfig { clip_x0: clip, ..ddim(0.0, 20) };
         let mut last = Vec::new();
-        let out = sample(&mut oracle, &s, &c, &labels, SMALL, &mut |ev: StepEvent<
-            '_,
-        >| {
+        let out = sample(&mut oracle, &s, &c, &labels, SMALL, &mut |ev: StepEvent<'_>| {
             last = ev.x_next.to_vec();
             Ok(Control::Continue)
         })
         .unwrap()
         .finished()
         .unwrap();
-        let want: Vec<f32> = want_raw
-            .iter()
-            .map(|&v| if clip { v.min(1.0) } else { v })
-            .collect();
+        let want: Vec<f32> = want_raw.iter().map(|&v| if clip { v.min(1.0) } else { v }).collect();
         assert!(max_abs_diff(&last, &want) < 1e-4, "clip={clip}");
         assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
     }
@@ -409,7 +308,8 @@ fn clipping_carries_nothing_of_the_clipped_excess_into_the_next_state() {
         for steps in [5, 20] {
             let ts = timesteps(kind, steps, s.len()).unwrap();
             let ab0 = s.alpha_bars()[ts[0]];
-            let x_init: Vec<f32> = x0_star.iter().zip(&e).map(|(&v, &e)| (ab0.sqrt() * v + (1.0 - ab0).sqrt() * f64::from(e)) as f32).collect();
+            let x_init: Vec<f32> =
+                x0_star.iter().zip(&e).map(|(&v, &e)| (ab0.sqrt() * v + (1.0 - ab0).sqrt() * f64::from(e)) as f32).collect();
             let c = SampleConfig { kind, clip_x0: true, ..cfg(kind, steps) };
             let mut worst = 0f64;
             let mut observe = |ev: StepEvent<'_>| -> Result<Control> {
@@ -460,19 +360,10 @@ fn clipped_dpm_solver_at_first_order_is_clipped_ddim() {
 /// Tiny schedule where one DDIM step returns x0 = (x - sqrt(1-ab) eps) / sqrt(ab).
 fn guidance_case(w: f64) -> (Recorder, Vec<f32>, Vec<f32>) {
     let s = Schedule::from_betas(vec![0.1, 0.2, 0.3]).unwrap();
-    let mut rec = Recorder {
-        cond: 0.5,
-        uncond: -0.25,
-        calls: Vec::new(),
-    };
-    let c = SampleConfig {
-        guidance: w,
-        ..ddim(0.0, 1)
-    };
+    let mut rec = Recorder { cond: 0.5, uncond: -0.25, calls: Vec::new() };
+    let c = SampleConfig { guidance: w, ..ddim(0.0, 1) };
     let (mut x_t, mut x_next) = (Vec::new(), Vec::new());
-    sample(&mut rec, &s, &c, &[2, 7], SMALL, &mut |ev: StepEvent<
-        '_,
-    >| {
+    sample(&mut rec, &s, &c, &[2, 7], SMALL, &mut |ev: StepEvent<'_>| {
         x_t = ev.x_t.to_vec();
         x_next = ev.x_next.to_vec();
         Ok(Control::Continue)
@@ -483,21 +374,14 @@ fn guidance_case(w: f64) -> (Recorder, Vec<f32>, Vec<f32>) {
 
 fn expected_x0(x_t: &[f32], eps: f64) -> Vec<f32> {
     let ab: f64 = 0.504;
-    x_t.iter()
-        .map(|&x| ((f64::from(x) - (1.0 - ab).sqrt() * eps) / ab.sqrt()) as f32)
-        .collect()
+    x_t.iter().map(|&x| ((f64::from(x) - (1.0 - ab).sqrt() * eps) / ab.sqrt()) as f32).collect()
 }
 
 #[test]
 fn guidance_batches_cond_and_uncond_in_one_call() {
     let (rec, x_t, x_next) = guidance_case(3.0);
     assert_eq!(rec.calls.len(), 1, "one model call per step");
-    let Call {
-        batch,
-        t,
-        labels,
-        x,
-    } = &rec.calls[0];
+    let Call { batch, t, labels, x } = &rec.calls[0];
     assert_eq!(*batch, 4);
     assert_eq!(labels, &vec![2, 7, NULL, NULL]);
     assert_eq!(t, &vec![2; 4]);
@@ -515,25 +399,15 @@ fn guidance_one_is_conditional_only_and_zero_is_unconditional_only() {
         assert_eq!(rec.calls.len(), 1, "w={w}");
         assert_eq!(rec.calls[0].batch, 2, "w={w}: single pass of batch size 2");
         assert_eq!(rec.calls[0].labels, want_labels, "w={w}");
-        assert!(
-            max_abs_diff(&x_next, &expected_x0(&x_t, eps)) < 1e-5,
-            "w={w}"
-        );
+        assert!(max_abs_diff(&x_next, &expected_x0(&x_t, eps)) < 1e-5, "w={w}");
     }
 }
 
 #[test]
 fn ddpm_calls_model_once_per_step_with_the_right_timesteps() {
     let s = dome();
-    let mut rec = Recorder {
-        cond: 0.0,
-        uncond: 0.0,
-        calls: Vec::new(),
-    };
-    let c = SampleConfig {
-        guidance: 2.0,
-        ..cfg(SamplerKind::Ddpm, 999)
-    };
+    let mut rec = Recorder { cond: 0.0, uncond: 0.0, calls: Vec::new() };
+    let c = SampleConfig { guidance: 2.0, ..cfg(SamplerKind::Ddpm, 999) };
     run(&mut rec, &s, &c, &[3], [1, 1, 1]);
     assert_eq!(rec.calls.len(), 999);
     let seen: Vec<i64> = rec.calls.iter().map(|c| c.t[0]).collect();
@@ -551,21 +425,9 @@ fn same_seed_same_images_different_seed_different_images() {
         let steps = if kind == SamplerKind::Ddpm { 999 } else { 25 };
         let a = run(&mut Toy, &s, &cfg(kind, steps), &labels, SMALL);
         let b = run(&mut Toy, &s, &cfg(kind, steps), &labels, SMALL);
-        let c = run(
-            &mut Toy,
-            &s,
-            &SampleConfig {
-                seed: 8,
-                ..cfg(kind, steps)
-            },
-            &labels,
-            SMALL,
-        );
+        let c = run(&mut Toy, &s, &SampleConfig { seed: 8, ..cfg(kind, steps) }, &labels, SMALL);
         assert_eq!(a, b, "{kind:?}: same seed must be bit-identical");
-        assert!(
-            max_abs_diff(&a, &c) > 0.1,
-            "{kind:?}: different seed must differ"
-        );
+        assert!(max_abs_diff(&a, &c) > 0.1, "{kind:?}: different seed must differ");
         // Two images with the same label get different noise streams.
         assert!(max_abs_diff(&a[..192], &a[192..384]) > 0.1, "{kind:?}");
     }
@@ -575,36 +437,19 @@ fn same_seed_same_images_different_seed_different_images() {
 fn batch_split_gives_identical_images() {
     let s = dome();
     let labels: Vec<i64> = (0..6).map(|i| i % 10).collect();
-    for (kind, steps, w) in [
-        (SamplerKind::Ddpm, 999, 1.0),
-        (SamplerKind::Ddim { eta: 0.5 }, 40, 3.0),
-        (SamplerKind::Ddim { eta: 0.0 }, 10, 0.0),
-    ] {
-        let base = SampleConfig {
-            guidance: w,
-            ..cfg(kind, steps)
-        };
+    for (kind, steps, w) in
+        [(SamplerKind::Ddpm, 999, 1.0), (SamplerKind::Ddim { eta: 0.5 }, 40, 3.0), (SamplerKind::Ddim { eta: 0.0 }, 10, 0.0)]
+    {
+        let base = SampleConfig { guidance: w, ..cfg(kind, steps) };
         let whole = run(&mut Toy, &s, &base, &labels, SMALL);
         let mut parts = Vec::new();
         for (start, end) in [(0, 4), (4, 5), (5, 6)] {
-            let c = SampleConfig {
-                first_image: start as u64,
-                ..base.clone()
-            };
+            let c = SampleConfig { first_image: start as u64, ..base.clone() };
             parts.extend(run(&mut Toy, &s, &c, &labels[start..end], SMALL));
         }
         assert_eq!(whole, parts, "{kind:?} w={w}");
         // Guard against a vacuous pass: offsets must matter.
-        let shifted = run(
-            &mut Toy,
-            &s,
-            &SampleConfig {
-                first_image: 1,
-                ..base.clone()
-            },
-            &labels[1..2],
-            SMALL,
-        );
+        let shifted = run(&mut Toy, &s, &SampleConfig { first_image: 1, ..base.clone() }, &labels[1..2], SMALL);
         assert_eq!(shifted, whole[192..384]);
         let unshifted = run(&mut Toy, &s, &base, &labels[1..2], SMALL);
         assert!(max_abs_diff(&unshifted, &whole[192..384]) > 0.1);
@@ -618,24 +463,13 @@ fn observer_stop_returns_stopped_with_steps_done() {
     let s = dome();
     let mut calls = 0;
     let mut last_next = Vec::new();
-    let out = sample(
-        &mut Toy,
-        &s,
-        &ddim(0.0, 50),
-        &[3, 4],
-        SMALL,
-        &mut |ev: StepEvent<'_>| {
-            calls += 1;
-            assert_eq!(ev.step + 1, calls);
-            assert_eq!(ev.total_steps, 50);
-            last_next = ev.x_next.to_vec();
-            Ok(if calls == 5 {
-                Control::Stop
-            } else {
-                Control::Continue
-            })
-        },
-    )
+    let out = sample(&mut Toy, &s, &ddim(0.0, 50), &[3, 4], SMALL, &mut |ev: StepEvent<'_>| {
+        calls += 1;
+        assert_eq!(ev.step + 1, calls);
+        assert_eq!(ev.total_steps, 50);
+        last_next = ev.x_next.to_vec();
+        Ok(if calls == 5 { Control::Stop } else { Control::Continue })
+    })
     .unwrap();
     assert_eq!(calls, 5);
     match out {
@@ -645,24 +479,14 @@ fn observer_stop_returns_stopped_with_steps_done() {
         }
         other => panic!("expected Stopped, got {other:?}"),
     }
-    let stopped = sample(&mut Toy, &s, &ddim(0.0, 50), &[3], SMALL, &mut |_| {
-        Ok(Control::Stop)
-    })
-    .unwrap();
-    assert!(stopped
-        .finished()
-        .unwrap_err()
-        .to_string()
-        .contains("stopped after 1 steps"));
+    let stopped = sample(&mut Toy, &s, &ddim(0.0, 50), &[3], SMALL, &mut |_| Ok(Control::Stop)).unwrap();
+    assert!(stopped.finished().unwrap_err().to_string().contains("stopped after 1 steps"));
 }
 
 #[test]
 fn stop_on_the_last_step_is_finished() {
     let s = dome();
-    let out = sample(&mut Toy, &s, &ddim(0.0, 1), &[3], SMALL, &mut |_| {
-        Ok(Control::Stop)
-    })
-    .unwrap();
+    let out = sample(&mut Toy, &s, &ddim(0.0, 1), &[3], SMALL, &mut |_| Ok(Control::Stop)).unwrap();
     assert!(matches!(out, SampleOutcome::Finished(_)));
 }
 
@@ -680,10 +504,7 @@ fn observer_errors_propagate_with_the_step() {
     })
     .unwrap_err();
     let msg = format!("{err:#}");
-    assert!(
-        msg.contains("step 2 of 10 (t=888)") && msg.contains("disk full"),
-        "{msg}"
-    );
+    assert!(msg.contains("step 2 of 10 (t=888)") && msg.contains("disk full"), "{msg}");
 }
 
 #[test]
@@ -692,20 +513,13 @@ fn ddpm_snapshots_hit_the_requested_times() {
     let wanted = [999, 800, 600, 400, 200, 0];
     let mut snaps = Snapshots::new(&wanted);
     let mut first_x = Vec::new();
-    let out = sample(
-        &mut Toy,
-        &s,
-        &cfg(SamplerKind::Ddpm, 999),
-        &[5],
-        SMALL,
-        &mut |ev: StepEvent<'_>| {
-            if ev.step == 0 {
-                first_x = ev.x_t.to_vec();
-            }
-            snaps.observe(&ev);
-            Ok(Control::Continue)
-        },
-    )
+    let out = sample(&mut Toy, &s, &cfg(SamplerKind::Ddpm, 999), &[5], SMALL, &mut |ev: StepEvent<'_>| {
+        if ev.step == 0 {
+            first_x = ev.x_t.to_vec();
+        }
+        snaps.observe(&ev);
+        Ok(Control::Continue)
+    })
     .unwrap()
     .finished()
     .unwrap();
@@ -723,17 +537,10 @@ fn ddim_snapshots_take_the_closest_visited_time_below() {
     let s = dome();
     let wanted = [999, 800, 600, 400, 200, 0];
     let mut snaps = Snapshots::new(&wanted);
-    sample(
-        &mut Toy,
-        &s,
-        &ddim(0.0, 10),
-        &[5],
-        SMALL,
-        &mut |ev: StepEvent<'_>| {
-            snaps.observe(&ev);
-            Ok(Control::Continue)
-        },
-    )
+    sample(&mut Toy, &s, &ddim(0.0, 10), &[5], SMALL, &mut |ev: StepEvent<'_>| {
+        snaps.observe(&ev);
+        Ok(Control::Continue)
+    })
     .unwrap();
     // Visited: 999, 888, 777, 666, 555, 445, 334, 223, 112, 1, then 0 (final).
     let got: Vec<usize> = snaps.frames().iter().map(|f| f.t).collect();
@@ -768,21 +575,8 @@ impl NoiseModel for Faulty {
 fn nan_from_model_is_an_error_naming_the_step() {
     let s = dome();
     for value in [f32::NAN, f32::INFINITY] {
-        let mut m = Faulty {
-            calls: 0,
-            bad_call: 3,
-            value,
-            short: false,
-        };
-        let err = sample(
-            &mut m,
-            &s,
-            &cfg(SamplerKind::Ddpm, 999),
-            &[1, 6],
-            SMALL,
-            &mut keep_going,
-        )
-        .unwrap_err();
+        let mut m = Faulty { calls: 0, bad_call: 3, value, short: false };
+        let err = sample(&mut m, &s, &cfg(SamplerKind::Ddpm, 999), &[1, 6], SMALL, &mut keep_going).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("step 3 of 999 (t=997)"), "{msg}");
         assert!(msg.contains(&value.to_string()), "{msg}");
@@ -794,16 +588,8 @@ fn nan_from_model_is_an_error_naming_the_step() {
 #[test]
 fn wrong_output_length_is_an_error() {
     let s = dome();
-    let mut m = Faulty {
-        calls: 0,
-        bad_call: 1,
-        value: 0.0,
-        short: true,
-    };
-    let msg = format!(
-        "{:#}",
-        sample(&mut m, &s, &ddim(0.0, 5), &[1], SMALL, &mut keep_going).unwrap_err()
-    );
+    let mut m = Faulty { calls: 0, bad_call: 1, value: 0.0, short: true };
+    let msg = format!("{:#}", sample(&mut m, &s, &ddim(0.0, 5), &[1], SMALL, &mut keep_going).unwrap_err());
     assert!(msg.contains("returned 191 values, expected 192"), "{msg}");
 }
 
@@ -816,65 +602,32 @@ fn model_errors_carry_the_step() {
         }
     }
     let s = dome();
-    let msg = format!(
-        "{:#}",
-        sample(&mut Broken, &s, &ddim(0.0, 5), &[1], SMALL, &mut keep_going).unwrap_err()
-    );
-    assert!(
-        msg.contains("step 1 of 5 (t=999)") && msg.contains("onnx session exploded"),
-        "{msg}"
-    );
+    let msg = format!("{:#}", sample(&mut Broken, &s, &ddim(0.0, 5), &[1], SMALL, &mut keep_going).unwrap_err());
+    assert!(msg.contains("step 1 of 5 (t=999)") && msg.contains("onnx session exploded"), "{msg}");
 }
 
 #[test]
 fn huge_model_output_that_overflows_x_is_an_error() {
     let s = dome();
-    let mut m = Faulty {
-        calls: 0,
-        bad_call: 1,
-        value: f32::MAX,
-        short: false,
-    };
-    let msg = format!(
-        "{:#}",
-        sample(&mut m, &s, &ddim(0.0, 5), &[1, 2], SMALL, &mut keep_going).unwrap_err()
-    );
+    let mut m = Faulty { calls: 0, bad_call: 1, value: f32::MAX, short: false };
+    let msg = format!("{:#}", sample(&mut m, &s, &ddim(0.0, 5), &[1, 2], SMALL, &mut keep_going).unwrap_err());
     assert!(msg.contains("non-finite x"), "{msg}");
 }
 
 #[test]
 fn bad_configs_are_errors_not_panics() {
     let s = dome();
-    let bad = |c: SampleConfig, labels: &[i64], chw: [usize; 3]| {
-        sample(&mut Toy, &s, &c, labels, chw, &mut keep_going)
-            .unwrap_err()
-            .to_string()
-    };
+    let bad =
+        |c: SampleConfig, labels: &[i64], chw: [usize; 3]| sample(&mut Toy, &s, &c, labels, chw, &mut keep_going).unwrap_err().to_string();
     assert!(bad(ddim(0.0, 5), &[], SMALL).contains("no labels"));
     assert!(bad(ddim(0.0, 5), &[1], [3, 0, 28]).contains("shape"));
     assert!(bad(ddim(0.0, 5), &[1], [usize::MAX, 2, 2]).contains("shape"));
     assert!(bad(ddim(1.5, 5), &[1], SMALL).contains("eta"));
     assert!(bad(ddim(f64::NAN, 5), &[1], SMALL).contains("eta"));
-    assert!(bad(
-        SampleConfig {
-            guidance: f64::NAN,
-            ..ddim(0.0, 5)
-        },
-        &[1],
-        SMALL
-    )
-    .contains("guidance"));
+    assert!(bad(SampleConfig { guidance: f64::NAN, ..ddim(0.0, 5) }, &[1], SMALL).contains("guidance"));
     assert!(bad(cfg(SamplerKind::Ddpm, 50), &[1], SMALL).contains("steps must be T-1"));
     assert!(bad(ddim(0.0, 1000), &[1], SMALL).contains("1..=999"));
-    assert!(bad(
-        SampleConfig {
-            first_image: u64::MAX,
-            ..ddim(0.0, 5)
-        },
-        &[1],
-        SMALL
-    )
-    .contains("overflows"));
+    assert!(bad(SampleConfig { first_image: u64::MAX, ..ddim(0.0, 5) }, &[1], SMALL).contains("overflows"));
 }
 
 // ---------------------------------------------------------------- to_u8

@@ -18,8 +18,8 @@ use anyhow::Result;
 use image::RgbImage;
 use serde::Serialize;
 
-use super::fid::{frechet_distance, stats_from_features};
 use super::digit_features::DigitFeatures;
+use super::fid::{frechet_distance, stats_from_features};
 use crate::data::digits::DigitSet;
 use crate::data::images::{load_rgb, ImageLimits};
 
@@ -109,7 +109,14 @@ pub struct RealDigits {
 
 /// The judge-feature FID of `generated` (with their intended labels) against the real `val` digits,
 /// overall and per class, each with the floor of as many real `train` digits per class.
-pub fn judge_fid(generated: &[RgbImage], labels: &[u8], fx: &mut DigitFeatures, val: &RealDigits, train: &RealDigits, reference: &Path) -> Result<JudgeFid> {
+pub fn judge_fid(
+    generated: &[RgbImage],
+    labels: &[u8],
+    fx: &mut DigitFeatures,
+    val: &RealDigits,
+    train: &RealDigits,
+    reference: &Path,
+) -> Result<JudgeFid> {
     let dim = fx.dim;
     let (f_gen, _) = fx.features(generated)?;
     let (f_val, _) = fx.features(&val.images)?;

@@ -112,11 +112,7 @@ fn truncated_png(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let mut reader = decoder.read_info()?;
-    let (w, h, interlaced) = (
-        reader.info().width,
-        reader.info().height,
-        reader.info().interlaced,
-    );
+    let (w, h, interlaced) = (reader.info().width, reader.info().height, reader.info().interlaced);
     if interlaced {
         return Err(anyhow!("truncated interlaced PNG"));
     }
@@ -135,17 +131,8 @@ fn truncated_png(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
         let Ok(Some(row)) = reader.next_row() else {
             break;
         };
-        for (x, px) in row
-            .data()
-            .chunks_exact(channels)
-            .take(w as usize)
-            .enumerate()
-        {
-            let rgb = if channels < 3 {
-                [px[0]; 3]
-            } else {
-                [px[0], px[1], px[2]]
-            };
+        for (x, px) in row.data().chunks_exact(channels).take(w as usize).enumerate() {
+            let rgb = if channels < 3 { [px[0]; 3] } else { [px[0], px[1], px[2]] };
             out.put_pixel(x as u32, y, image::Rgb(rgb));
         }
     }
@@ -161,9 +148,7 @@ pub fn grade_one(path: &Path, det: &mut dyn FaceDetector) -> ImageOutcome {
     match catch_unwind(AssertUnwindSafe(|| det.count_faces(&img))) {
         Ok(Ok(n)) => ImageOutcome::Faces(n),
         Ok(Err(e)) => ImageOutcome::DetectorFailed(format!("{e:#}")),
-        Err(panic) => {
-            ImageOutcome::DetectorFailed(format!("detector panicked: {}", panic_text(&panic)))
-        }
+        Err(panic) => ImageOutcome::DetectorFailed(format!("detector panicked: {}", panic_text(&panic))),
     }
 }
 
@@ -178,16 +163,10 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Per-image outcomes, in the order of `paths`. Runs in parallel when the detector offers a factory.
-pub fn grade_images(
-    paths: &[PathBuf],
-    det: &mut dyn FaceDetector,
-    progress: bool,
-) -> Vec<ImageOutcome> {
+pub fn grade_images(paths: &[PathBuf], det: &mut dyn FaceDetector, progress: bool) -> Vec<ImageOutcome> {
     let bar = if progress {
         let bar = ProgressBar::new(paths.len() as u64);
-        if let Ok(style) = ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})",
-        ) {
+        if let Ok(style) = ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})") {
             bar.set_style(style);
         }
         bar.set_prefix(format!("faces: {}", det.name()));
@@ -241,16 +220,10 @@ pub fn tally(detector: &str, paths: &[PathBuf], outcomes: &[ImageOutcome]) -> Fa
     };
     for (path, outcome) in paths.iter().zip(outcomes) {
         match outcome {
-            ImageOutcome::Unreadable(e) => r.unreadable.push(FileProblem {
-                path: path.clone(),
-                error: e.clone(),
-            }),
+            ImageOutcome::Unreadable(e) => r.unreadable.push(FileProblem { path: path.clone(), error: e.clone() }),
             ImageOutcome::DetectorFailed(e) => {
                 r.loaded += 1;
-                r.detector_failed.push(FileProblem {
-                    path: path.clone(),
-                    error: e.clone(),
-                });
+                r.detector_failed.push(FileProblem { path: path.clone(), error: e.clone() });
             }
             ImageOutcome::Faces(n) => {
                 r.loaded += 1;
@@ -265,10 +238,7 @@ pub fn tally(detector: &str, paths: &[PathBuf], outcomes: &[ImageOutcome]) -> Fa
     // A path without an outcome (mismatched lengths) was never graded: treat it like a load failure
     // so `total` still adds up instead of silently shrinking.
     for path in paths.iter().skip(outcomes.len()) {
-        r.unreadable.push(FileProblem {
-            path: path.clone(),
-            error: "not graded".to_string(),
-        });
+        r.unreadable.push(FileProblem { path: path.clone(), error: "not graded".to_string() });
     }
     if r.loaded > 0 {
         r.accuracy = r.exactly_one as f64 / r.loaded as f64;
@@ -288,10 +258,7 @@ pub fn face_accuracy(paths: &[PathBuf], det: &mut dyn FaceDetector, progress: bo
 /// The SeetaFace frontal model shipped in the rustface crate (BSD-2-Clause, VIPL/ICT CAS; licence
 /// in models/LICENSE-seetaface). Copied into this crate so the build does not depend on where cargo
 /// unpacked rustface.
-static SEETA_MODEL_BYTES: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/models/seeta_fd_frontal_v1.0.bin"
-));
+static SEETA_MODEL_BYTES: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/models/seeta_fd_frontal_v1.0.bin"));
 
 fn seeta_model() -> Result<rustface::Model> {
     static MODEL: OnceLock<Result<rustface::Model, String>> = OnceLock::new();
@@ -334,13 +301,7 @@ impl Default for RustfaceSettings {
     /// of the grid in README.md; min face 24 rather than 28 because real faces start dropping out
     /// at 32); never tuned on val.
     fn default() -> Self {
-        RustfaceSettings {
-            upscale: 2.5,
-            score_thresh: 7.0,
-            pyramid_scale: 0.8,
-            step: 4,
-            min_face_size: 24,
-        }
+        RustfaceSettings { upscale: 2.5, score_thresh: 7.0, pyramid_scale: 0.8, step: 4, min_face_size: 24 }
     }
 }
 
@@ -351,16 +312,10 @@ impl RustfaceSettings {
             return Err(anyhow!("upscale must be in (0, 16], got {}", self.upscale));
         }
         if !(self.score_thresh.is_finite() && self.score_thresh > 0.0) {
-            return Err(anyhow!(
-                "score_thresh must be > 0, got {}",
-                self.score_thresh
-            ));
+            return Err(anyhow!("score_thresh must be > 0, got {}", self.score_thresh));
         }
         if !(self.pyramid_scale >= 0.01 && self.pyramid_scale <= 0.99) {
-            return Err(anyhow!(
-                "pyramid_scale must be in [0.01, 0.99], got {}",
-                self.pyramid_scale
-            ));
+            return Err(anyhow!("pyramid_scale must be in [0.01, 0.99], got {}", self.pyramid_scale));
         }
         if self.step == 0 {
             return Err(anyhow!("step must be >= 1"));
@@ -384,18 +339,9 @@ impl RustfaceDetector {
         let inner = Self::build(&model, &settings);
         let name = format!(
             "rustface(seeta-frontal-v1.0, upscale={}, thresh={}, pyramid={}, step={}, min_face={})",
-            settings.upscale,
-            settings.score_thresh,
-            settings.pyramid_scale,
-            settings.step,
-            settings.min_face_size
+            settings.upscale, settings.score_thresh, settings.pyramid_scale, settings.step, settings.min_face_size
         );
-        Ok(RustfaceDetector {
-            settings,
-            name,
-            model,
-            inner,
-        })
+        Ok(RustfaceDetector { settings, name, model, inner })
     }
 
     fn build(model: &rustface::Model, s: &RustfaceSettings) -> Box<dyn rustface::Detector> {
@@ -442,9 +388,7 @@ impl FaceDetector for RustfaceDetector {
 
     fn factory(&self) -> Option<DetectorFactory> {
         let settings = self.settings;
-        Some(Arc::new(move || {
-            Ok(Box::new(RustfaceDetector::new(settings)?) as Box<dyn FaceDetector>)
-        }))
+        Some(Arc::new(move || Ok(Box::new(RustfaceDetector::new(settings)?) as Box<dyn FaceDetector>)))
     }
 }
 
@@ -472,13 +416,7 @@ impl RustfaceDetector {
         match catch_unwind(AssertUnwindSafe(|| self.inner.detect(&data))) {
             Ok(faces) => {
                 let back = img.width() as f64 / gray.width() as f64;
-                Ok(faces
-                    .iter()
-                    .map(|f| SeetaFace {
-                        score: f.score(),
-                        size: f.bbox().width() as f64 * back,
-                    })
-                    .collect())
+                Ok(faces.iter().map(|f| SeetaFace { score: f.score(), size: f.bbox().width() as f64 * back }).collect())
             }
             Err(panic) => {
                 // The detector's buffers may be half-written; start the next image from a clean one.
@@ -555,9 +493,7 @@ mod dlib_hog {
 
         fn factory(&self) -> Option<DetectorFactory> {
             let up = self.upsample;
-            Some(Arc::new(move || {
-                Ok(Box::new(DlibHogDetector::new(up)) as Box<dyn FaceDetector>)
-            }))
+            Some(Arc::new(move || Ok(Box::new(DlibHogDetector::new(up)) as Box<dyn FaceDetector>)))
         }
     }
 }
@@ -605,9 +541,7 @@ mod tests {
             }
         }
         fn factory(&self) -> Option<DetectorFactory> {
-            Some(Arc::new(|| {
-                Ok(Box::new(PixelCount) as Box<dyn FaceDetector>)
-            }))
+            Some(Arc::new(|| Ok(Box::new(PixelCount) as Box<dyn FaceDetector>)))
         }
     }
 
@@ -625,9 +559,7 @@ mod tests {
 
     fn write_marked(dir: &Path, name: &str, count: u8) -> PathBuf {
         let path = dir.join(name);
-        RgbImage::from_pixel(8, 8, Rgb([count, 0, 0]))
-            .save(&path)
-            .unwrap();
+        RgbImage::from_pixel(8, 8, Rgb([count, 0, 0])).save(&path).unwrap();
         path
     }
 
@@ -635,11 +567,7 @@ mod tests {
     fn counts_zero_one_and_many() {
         let dir = tempfile::tempdir().unwrap();
         let counts = [0u8, 1, 1, 2, 3, 1, 0];
-        let paths: Vec<PathBuf> = counts
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| write_marked(dir.path(), &format!("{i}.png"), c))
-            .collect();
+        let paths: Vec<PathBuf> = counts.iter().enumerate().map(|(i, &c)| write_marked(dir.path(), &format!("{i}.png"), c)).collect();
         let r = face_accuracy(&paths, &mut SerialPixelCount, false);
         assert_eq!((r.total, r.loaded), (7, 7));
         assert_eq!((r.zero, r.exactly_one, r.multiple), (2, 3, 2));
@@ -666,25 +594,14 @@ mod tests {
         std::fs::write(&empty, b"").unwrap();
         let missing = dir.path().join("missing.png");
 
-        let paths = vec![
-            good_one,
-            corrupt.clone(),
-            truncated.clone(),
-            good_zero,
-            empty.clone(),
-            missing.clone(),
-        ];
+        let paths = vec![good_one, corrupt.clone(), truncated.clone(), good_zero, empty.clone(), missing.clone()];
         let r = face_accuracy(&paths, &mut SerialPixelCount, false);
         assert_eq!(r.total, 6);
         assert_eq!(r.loaded, 2);
         let bad: Vec<&PathBuf> = r.unreadable.iter().map(|p| &p.path).collect();
         assert_eq!(bad, vec![&corrupt, &truncated, &empty, &missing]);
         assert!(r.unreadable.iter().all(|p| !p.error.is_empty()));
-        assert!(
-            (r.accuracy - 0.5).abs() < 1e-12,
-            "1 correct of 2 loaded, got {}",
-            r.accuracy
-        );
+        assert!((r.accuracy - 0.5).abs() < 1e-12, "1 correct of 2 loaded, got {}", r.accuracy);
     }
 
     #[test]
@@ -693,9 +610,7 @@ mod tests {
         let full = dir.path().join("full.png");
         // Stored (uncompressed) rows would make the cut point exact, but any cut mid-data must keep
         // the decodable top rows and blacken the rest.
-        RgbImage::from_fn(64, 64, |x, y| Rgb([200, (x * 4) as u8, (y * 4) as u8]))
-            .save(&full)
-            .unwrap();
+        RgbImage::from_fn(64, 64, |x, y| Rgb([200, (x * 4) as u8, (y * 4) as u8])).save(&full).unwrap();
         let bytes = std::fs::read(&full).unwrap();
         let cut = dir.path().join("cut.png");
         std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
@@ -742,13 +657,8 @@ mod tests {
     #[test]
     fn parallel_and_serial_agree_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let paths: Vec<PathBuf> = (0..200u32)
-            .map(|i| write_marked(dir.path(), &format!("{i:03}.png"), (i * 7 % 4) as u8))
-            .collect();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(4)
-            .build()
-            .unwrap();
+        let paths: Vec<PathBuf> = (0..200u32).map(|i| write_marked(dir.path(), &format!("{i:03}.png"), (i * 7 % 4) as u8)).collect();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
         let par = pool.install(|| grade_images(&paths, &mut PixelCount, false));
         let ser = grade_images(&paths, &mut SerialPixelCount, false);
         assert_eq!(par, ser);
@@ -771,20 +681,13 @@ mod tests {
         // A JPEG saved under a .png name still loads, as it does with PIL.
         let jpeg_as_png = dir.path().join("really_a_jpeg.png");
         let mut buf = Vec::new();
-        RgbImage::from_pixel(16, 16, Rgb([200, 100, 50]))
-            .write_to(
-                &mut std::io::Cursor::new(&mut buf),
-                image::ImageFormat::Jpeg,
-            )
-            .unwrap();
+        RgbImage::from_pixel(16, 16, Rgb([200, 100, 50])).write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Jpeg).unwrap();
         std::fs::write(&jpeg_as_png, &buf).unwrap();
         let img = load_rgb(&jpeg_as_png).unwrap();
         assert_eq!(img.dimensions(), (16, 16));
         // RGBA: colour kept, alpha discarded (not composited on black or white).
         let rgba = dir.path().join("rgba.png");
-        RgbaImage::from_pixel(4, 4, Rgba([10, 20, 30, 0]))
-            .save(&rgba)
-            .unwrap();
+        RgbaImage::from_pixel(4, 4, Rgba([10, 20, 30, 0])).save(&rgba).unwrap();
         assert_eq!(load_rgb(&rgba).unwrap().get_pixel(1, 1).0, [10, 20, 30]);
     }
 
@@ -792,21 +695,11 @@ mod tests {
     fn rustface_finds_no_face_in_flat_or_tiny_images() {
         let mut det = RustfaceDetector::new(RustfaceSettings::default()).unwrap();
         for v in [0u8, 128, 255] {
-            let n = det
-                .count_faces(&RgbImage::from_pixel(64, 64, Rgb([v, v, v])))
-                .unwrap();
+            let n = det.count_faces(&RgbImage::from_pixel(64, 64, Rgb([v, v, v]))).unwrap();
             assert_eq!(n, 0, "flat image of value {v}");
         }
         // Sizes that would trip rustface's own index arithmetic must be answered, not panic.
-        for (w, h) in [
-            (1, 1),
-            (1, 64),
-            (64, 1),
-            (2, 2),
-            (19, 19),
-            (20, 20),
-            (300, 3),
-        ] {
+        for (w, h) in [(1, 1), (1, 64), (64, 1), (2, 2), (19, 19), (20, 20), (300, 3)] {
             assert_eq!(det.count_faces(&RgbImage::new(w, h)).unwrap(), 0, "{w}x{h}");
         }
     }
@@ -833,28 +726,13 @@ mod tests {
     fn bad_rustface_settings_are_errors_not_panics() {
         let d = RustfaceSettings::default();
         for s in [
-            RustfaceSettings {
-                score_thresh: 0.0,
-                ..d
-            },
-            RustfaceSettings {
-                score_thresh: f64::NAN,
-                ..d
-            },
-            RustfaceSettings {
-                pyramid_scale: 1.0,
-                ..d
-            },
-            RustfaceSettings {
-                pyramid_scale: 0.0,
-                ..d
-            },
+            RustfaceSettings { score_thresh: 0.0, ..d },
+            RustfaceSettings { score_thresh: f64::NAN, ..d },
+            RustfaceSettings { pyramid_scale: 1.0, ..d },
+            RustfaceSettings { pyramid_scale: 0.0, ..d },
             RustfaceSettings { step: 0, ..d },
             RustfaceSettings { upscale: 0.0, ..d },
-            RustfaceSettings {
-                upscale: f32::INFINITY,
-                ..d
-            },
+            RustfaceSettings { upscale: f32::INFINITY, ..d },
         ] {
             assert!(RustfaceDetector::new(s).is_err(), "{s:?} accepted");
         }
@@ -863,11 +741,7 @@ mod tests {
 
     #[test]
     fn rustface_upscale_changes_the_working_size() {
-        let det = RustfaceDetector::new(RustfaceSettings {
-            upscale: 2.0,
-            ..Default::default()
-        })
-        .unwrap();
+        let det = RustfaceDetector::new(RustfaceSettings { upscale: 2.0, ..Default::default() }).unwrap();
         let g = det.prepare(&RgbImage::from_pixel(64, 48, Rgb([255, 0, 0])));
         assert_eq!(g.dimensions(), (128, 96));
         // BT.601 red weight: 0.299 * 255 = 76.2
@@ -912,22 +786,15 @@ mod tests {
     fn dlib_finds_no_face_in_flat_or_tiny_images() {
         let mut det = DlibHogDetector::new(1);
         for (w, h, v) in [(64, 64, 0u8), (64, 64, 200), (1, 1, 0), (3, 70, 9)] {
-            assert_eq!(
-                det.count_faces(&RgbImage::from_pixel(w, h, Rgb([v, v, v])))
-                    .unwrap(),
-                0,
-                "{w}x{h}"
-            );
+            assert_eq!(det.count_faces(&RgbImage::from_pixel(w, h, Rgb([v, v, v]))).unwrap(), 0, "{w}x{h}");
         }
     }
 
     /// Per-image counts that face_recognition 1.3.0 (dlib-bin 20.0.1, HOG, upsample 1) gave for the
     /// first 200 val crops; made by tools/face_ref.py. Counts only, no image data.
     #[cfg(feature = "dlib")]
-    const FACE_RECOGNITION_VAL_FIRST200: &str = include_str!(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/faces/face_recognition_val_first200.csv"
-    ));
+    const FACE_RECOGNITION_VAL_FIRST200: &str =
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/faces/face_recognition_val_first200.csv"));
 
     #[cfg(feature = "dlib")]
     #[test]

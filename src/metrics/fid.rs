@@ -39,20 +39,9 @@ impl Stats {
     /// Checks shapes and that every value is finite.
     pub fn check(&self) -> Result<()> {
         ensure!(self.dim > 0, "stats have dimension 0");
-        ensure!(
-            self.mu.len() == self.dim,
-            "mu has {} values for dimension {}",
-            self.mu.len(),
-            self.dim
-        );
+        ensure!(self.mu.len() == self.dim, "mu has {} values for dimension {}", self.mu.len(), self.dim);
         let dd = self.dim.checked_mul(self.dim).context("dimension too large")?;
-        ensure!(
-            self.sigma.len() == dd,
-            "sigma has {} values, expected {}x{}",
-            self.sigma.len(),
-            self.dim,
-            self.dim
-        );
+        ensure!(self.sigma.len() == dd, "sigma has {} values, expected {}x{}", self.sigma.len(), self.dim, self.dim);
         if let Some(i) = self.mu.iter().position(|v| !v.is_finite()) {
             bail!("mu[{i}] is {} (NaN/Inf)", self.mu[i]);
         }
@@ -104,11 +93,7 @@ pub fn stats_from_features(features: &[f32], n: usize, dim: usize) -> Result<Sta
 pub(crate) fn check_features(features: &[f32], n: usize, dim: usize, what: &str) -> Result<()> {
     ensure!(dim > 0, "{what}: dimension must be positive");
     let len = n.checked_mul(dim).with_context(|| format!("{what}: {n}x{dim} overflows"))?;
-    ensure!(
-        features.len() == len,
-        "{what}: expected {n}x{dim}={len} values, got {}",
-        features.len()
-    );
+    ensure!(features.len() == len, "{what}: expected {n}x{dim}={len} values, got {}", features.len());
     if let Some(k) = features.iter().position(|v| !v.is_finite()) {
         bail!("{what}: row {} column {} is {} (NaN/Inf)", k / dim, k % dim, features[k]);
     }
@@ -161,9 +146,7 @@ fn frechet_distance_with(a: &Stats, b: &Stats, trace_sqrt: TraceSqrtFn) -> Resul
         }
         let asym = asymmetry(&s.sigma, d);
         if asym > 1e-9 {
-            warnings.push(format!(
-                "{name} sigma is not symmetric (relative asymmetry {asym:.2e}); its symmetric part is used"
-            ));
+            warnings.push(format!("{name} sigma is not symmetric (relative asymmetry {asym:.2e}); its symmetric part is used"));
         }
     }
 
@@ -178,21 +161,15 @@ fn frechet_distance_with(a: &Stats, b: &Stats, trace_sqrt: TraceSqrtFn) -> Resul
                 Err(e) => format!("{e:#}"),
                 Ok(_) => "non-finite trace".to_string(),
             };
-            warnings.push(format!(
-                "square root failed ({why}); adding {FID_OFFSET_EPS:e} to diagonal of cov estimates"
-            ));
-            let r = trace_sqrt(&a.sigma, &b.sigma, d, FID_OFFSET_EPS)
-                .context("square root failed even after adding the diagonal offset")?;
+            warnings.push(format!("square root failed ({why}); adding {FID_OFFSET_EPS:e} to diagonal of cov estimates"));
+            let r =
+                trace_sqrt(&a.sigma, &b.sigma, d, FID_OFFSET_EPS).context("square root failed even after adding the diagonal offset")?;
             ensure!(r.trace.is_finite(), "square root is not finite even after adding the diagonal offset");
             (r, true)
         }
     };
     if root.max_imaginary > IMAGINARY_ATOL {
-        bail!(
-            "Imaginary component {} (s1 s2 has eigenvalue {}; pytorch-fid fails here too)",
-            root.max_imaginary,
-            root.min_eigenvalue
-        );
+        bail!("Imaginary component {} (s1 s2 has eigenvalue {}; pytorch-fid fails here too)", root.max_imaginary, root.min_eigenvalue);
     }
 
     // pytorch-fid uses the un-offset traces even after the retry.
@@ -287,7 +264,11 @@ fn eigen(s: &[f64], d: usize, eps: f64) -> Result<(Vec<f64>, Mat<f64>)> {
         let (x, y) = (s[i * d + j], s[j * d + i]);
         // Symmetric input is used as is (no rounding, no overflow in x + y).
         let v = if x == y { x } else { 0.5 * x + 0.5 * y };
-        if i == j { v + eps } else { v }
+        if i == j {
+            v + eps
+        } else {
+            v
+        }
     });
     let (lam, u) = linalg::sym_eigen(m.as_ref())?;
     ensure!(lam.iter().all(|v| v.is_finite()), "non-finite eigenvalues");

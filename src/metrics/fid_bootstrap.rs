@@ -34,7 +34,15 @@ pub struct FidBootstrap {
     pub interval: Interval,
 }
 
-pub fn fid_bootstrap(features: &[f32], n: usize, dim: usize, reference: &Stats, reps: usize, seed: u64, level: f64) -> Result<FidBootstrap> {
+pub fn fid_bootstrap(
+    features: &[f32],
+    n: usize,
+    dim: usize,
+    reference: &Stats,
+    reps: usize,
+    seed: u64,
+    level: f64,
+) -> Result<FidBootstrap> {
     check_features(features, n, dim, "generated features")?;
     reference.check().context("reference statistics")?;
     ensure!(reference.dim == dim, "reference statistics have dimension {}, features {dim}", reference.dim);

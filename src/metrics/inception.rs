@@ -139,7 +139,10 @@ impl InceptionNet {
     pub fn open(path: &Path, opts: &RuntimeOptions, batch: usize) -> Result<InceptionNet> {
         let file = ModelFile::open(path, &ModelLimits::default())?;
         if file.inputs.len() != 1 || file.outputs.len() != 1 {
-            bail!("{} is not an Inception feature model: expected one input and one output (make it with `grade convert inception`)", path.display());
+            bail!(
+                "{} is not an Inception feature model: expected one input and one output (make it with `grade convert inception`)",
+                path.display()
+            );
         }
         let engine = runtime::open(&file, opts)?;
         Ok(InceptionNet {

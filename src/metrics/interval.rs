@@ -57,7 +57,11 @@ pub fn percentile_interval(samples: &[f64], level: f64) -> Result<Interval> {
     let q = |p: f64| {
         let pos = p * (s.len() - 1) as f64;
         let (i, f) = (pos.floor() as usize, pos - pos.floor());
-        if i + 1 < s.len() { s[i] + f * (s[i + 1] - s[i]) } else { s[i] }
+        if i + 1 < s.len() {
+            s[i] + f * (s[i + 1] - s[i])
+        } else {
+            s[i]
+        }
     };
     Ok(Interval { lo: q((1.0 - level) / 2.0), hi: q((1.0 + level) / 2.0), level, method: "bootstrap".into() })
 }

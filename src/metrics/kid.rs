@@ -75,36 +75,21 @@ pub fn kid(x: &[f32], nx: usize, y: &[f32], ny: usize, dim: usize, cfg: &KidConf
     let subsets = draw_subsets(nx, ny, cfg)?;
     let mut out = kid_with_subsets(x, nx, y, ny, dim, &subsets)?;
     if out.subset_size < cfg.subset_size {
-        out.warnings.push(format!(
-            "subset size capped from {} to {} (sets have {nx} and {ny} samples)",
-            cfg.subset_size, out.subset_size
-        ));
+        out.warnings.push(format!("subset size capped from {} to {} (sets have {nx} and {ny} samples)", cfg.subset_size, out.subset_size));
     }
     Ok(out)
 }
 
 /// KID over explicit subset pairs: each pair must hold m >= 2 distinct, in-range indices per side,
 /// with the same m for every pair.
-pub fn kid_with_subsets(
-    x: &[f32],
-    nx: usize,
-    y: &[f32],
-    ny: usize,
-    dim: usize,
-    subsets: &[SubsetPair],
-) -> Result<KidOutcome> {
+pub fn kid_with_subsets(x: &[f32], nx: usize, y: &[f32], ny: usize, dim: usize, subsets: &[SubsetPair]) -> Result<KidOutcome> {
     check_features(x, nx, dim, "first feature set")?;
     check_features(y, ny, dim, "second feature set")?;
     ensure!(!subsets.is_empty(), "KID needs at least one subset");
     let m = subsets[0].x.len();
     ensure!(m >= 2, "KID subsets need at least 2 samples, got {m}");
     for (k, s) in subsets.iter().enumerate() {
-        ensure!(
-            s.x.len() == m && s.y.len() == m,
-            "subset {k} has sizes {}/{}, expected {m}/{m}",
-            s.x.len(),
-            s.y.len()
-        );
+        ensure!(s.x.len() == m && s.y.len() == m, "subset {k} has sizes {}/{}, expected {m}/{m}", s.x.len(), s.y.len());
         check_indices(&s.x, nx, k, "x")?;
         check_indices(&s.y, ny, k, "y")?;
     }
@@ -187,9 +172,7 @@ fn kernel(a: &Mat<f64>, b: &Mat<f64>, dim: usize) -> Mat<f64> {
 fn group_mmd2(x: &[f32], y: &[f32], dim: usize, subsets: &[SubsetPair]) -> Vec<f64> {
     let (rows_x, pos_x) = distinct(subsets.iter().flat_map(|s| s.x.iter().copied()), x.len() / dim);
     let (rows_y, pos_y) = distinct(subsets.iter().flat_map(|s| s.y.iter().copied()), y.len() / dim);
-    let gather = |f: &[f32], rows: &[usize]| {
-        Mat::<f64>::from_fn(rows.len(), dim, |r, c| f64::from(f[rows[r] * dim + c]))
-    };
+    let gather = |f: &[f32], rows: &[usize]| Mat::<f64>::from_fn(rows.len(), dim, |r, c| f64::from(f[rows[r] * dim + c]));
     let (fx, fy) = (gather(x, &rows_x), gather(y, &rows_y));
     let (kxx, kyy, kxy) = (kernel(&fx, &fx, dim), kernel(&fy, &fy, dim), kernel(&fx, &fy, dim));
 

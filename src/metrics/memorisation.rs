@@ -213,7 +213,8 @@ impl TrainFeatures {
     /// Writes the cache file atomically: magic, header length (u64 LE), JSON header, f32 LE rows.
     pub fn save(&self, path: &Path) -> Result<()> {
         ensure!(self.features.len() == self.files.len() * self.dim, "features and files disagree");
-        let header = serde_json::to_vec(&Header { dir: self.dir.clone(), files: self.files.clone(), dim: self.dim, key: self.key.clone() })?;
+        let header =
+            serde_json::to_vec(&Header { dir: self.dir.clone(), files: self.files.clone(), dim: self.dim, key: self.key.clone() })?;
         let mut bytes = Vec::with_capacity(16 + header.len() + self.features.len() * 4);
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
@@ -373,7 +374,12 @@ pub fn pairs_picture(m: &Memorisation, generated: &[RgbImage], train: &TrainFeat
 }
 
 /// Writes `memorisation.json` style details into a JSON value: the closest pairs by file.
-pub fn closest_pairs_json(m: &Memorisation, train: &TrainFeatures, count: usize, generated_name: impl Fn(usize) -> String) -> serde_json::Value {
+pub fn closest_pairs_json(
+    m: &Memorisation,
+    train: &TrainFeatures,
+    count: usize,
+    generated_name: impl Fn(usize) -> String,
+) -> serde_json::Value {
     let mut order: Vec<usize> = (0..m.nearest.len()).collect();
     order.sort_by(|&a, &b| m.nearest[a].distance.total_cmp(&m.nearest[b].distance).then(a.cmp(&b)));
     order.truncate(count);
@@ -469,7 +475,13 @@ mod tests {
     #[test]
     fn feature_files_round_trip_and_refuse_garbage() {
         let tmp = tempfile::tempdir().unwrap();
-        let t = TrainFeatures { dir: tmp.path().into(), files: vec!["a.png".into(), "b.png".into()], features: vec![1.0, 2.0, 3.0, -4.5], dim: 2, key: "k".into() };
+        let t = TrainFeatures {
+            dir: tmp.path().into(),
+            files: vec!["a.png".into(), "b.png".into()],
+            features: vec![1.0, 2.0, 3.0, -4.5],
+            dim: 2,
+            key: "k".into(),
+        };
         let p = tmp.path().join("c/x.feat");
         t.save(&p).unwrap();
         let u = TrainFeatures::load(&p).unwrap();

@@ -36,14 +36,11 @@ pub fn write_stats_npz_with_features(path: &Path, stats: &Stats, features: Optio
     // Like a file numpy creates (0o666 less the umask), not tempfile's private 0o600.
     #[cfg(unix)]
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let tmp = builder
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let tmp = builder.tempfile_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
 
     let mut zip = ZipWriter::new(BufWriter::new(tmp.as_file()));
-    let options = SimpleFileOptions::default()
-        .compression_method(CompressionMethod::Deflated)
-        .large_file(stats.sigma.len() * 8 >= u32::MAX as usize);
+    let options =
+        SimpleFileOptions::default().compression_method(CompressionMethod::Deflated).large_file(stats.sigma.len() * 8 >= u32::MAX as usize);
     let d = stats.dim;
     let feats: Option<(Vec<f64>, usize)> = features.map(|(f, n)| (f.iter().map(|&v| f64::from(v)).collect(), n));
     let mut arrays = vec![("mu.npy", vec![d], &stats.mu), ("sigma.npy", vec![d, d], &stats.sigma)];
@@ -72,15 +69,10 @@ pub fn read_stats_npz(path: &Path) -> Result<Stats> {
     let file = crate::safe_fs::open_regular(path, "statistics file").with_context(|| format!("opening {}", path.display()))?;
     let mut zip = ZipArchive::new(file).with_context(|| format!("{} is not an .npz (zip) file", path.display()))?;
     let (mu_shape, mu) = read_member(&mut zip, "mu").with_context(|| format!("{}: mu", path.display()))?;
-    let (sigma_shape, sigma) =
-        read_member(&mut zip, "sigma").with_context(|| format!("{}: sigma", path.display()))?;
+    let (sigma_shape, sigma) = read_member(&mut zip, "sigma").with_context(|| format!("{}: sigma", path.display()))?;
     ensure!(mu_shape.len() == 1, "{}: mu has shape {mu_shape:?}, expected (d,)", path.display());
     let d = mu_shape[0];
-    ensure!(
-        sigma_shape == [d, d],
-        "{}: sigma has shape {sigma_shape:?} but mu has {d} values, expected ({d}, {d})",
-        path.display()
-    );
+    ensure!(sigma_shape == [d, d], "{}: sigma has shape {sigma_shape:?} but mu has {d} values, expected ({d}, {d})", path.display());
     let stats = Stats { mu, sigma, dim: d, n: 0 };
     stats.check().with_context(|| format!("{}", path.display()))?;
     Ok(stats)
@@ -172,17 +164,18 @@ fn read_npy(r: &mut impl Read, available: u64) -> Result<(Vec<usize>, Vec<f64>)>
         "array of shape {shape:?} needs {bytes_needed} bytes, over the limit of {MAX_NPY_BYTES} bytes; refused before reading"
     );
     let prefix = (if magic[6] == 1 { 10 } else { 12 } + header_len) as u64;
-    ensure!(
-        prefix + bytes_needed as u64 <= available,
-        "array data is truncated: shape {shape:?} needs {bytes_needed} bytes"
-    );
+    ensure!(prefix + bytes_needed as u64 <= available, "array data is truncated: shape {shape:?} needs {bytes_needed} bytes");
     let mut raw = vec![0u8; bytes_needed];
     r.read_exact(&mut raw).context("array data is truncated")?;
     let values = if size == 8 {
         raw.chunks_exact(8)
             .map(|c| {
                 let b: [u8; 8] = c.try_into().expect("chunk of 8");
-                if little { f64::from_le_bytes(b) } else { f64::from_be_bytes(b) }
+                if little {
+                    f64::from_le_bytes(b)
+                } else {
+                    f64::from_be_bytes(b)
+                }
             })
             .collect()
     } else {

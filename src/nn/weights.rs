@@ -40,11 +40,7 @@ impl StateDict {
 
     /// Names present in the checkpoint but never asked for (ignoring BatchNorm's step counters).
     pub fn unused(&self) -> Vec<String> {
-        self.tensors
-            .keys()
-            .filter(|k| !self.used.contains(*k) && !k.ends_with("num_batches_tracked"))
-            .cloned()
-            .collect()
+        self.tensors.keys().filter(|k| !self.used.contains(*k) && !k.ends_with("num_batches_tracked")).cloned().collect()
     }
 }
 

@@ -70,8 +70,7 @@ pub const MAX_FIXED_BATCH: usize = 1024;
 /// Bounds on integer metadata: every one sizes something (the noise schedule has `timesteps`
 /// entries, a latent batch `latent_dim` floats per image, ...), so a value from the file is checked
 /// against its bound before anything is allocated from it.
-pub const INT_METADATA_BOUNDS: &[(&str, i64, i64)] =
-    &[("timesteps", 1, 100_000), ("latent_dim", 1, 65_536), ("num_classes", 1, 1_000)];
+pub const INT_METADATA_BOUNDS: &[(&str, i64, i64)] = &[("timesteps", 1, 100_000), ("latent_dim", 1, 65_536), ("num_classes", 1, 1_000)];
 
 fn int_bound(key: &str) -> Option<(i64, i64)> {
     INT_METADATA_BOUNDS.iter().find(|(k, _, _)| *k == key).map(|&(_, lo, hi)| (lo, hi))
@@ -128,14 +127,8 @@ impl Contract {
     /// Checks `model` as `kind`. Never fails: problems become findings; `ensure_ok` turns errors into one.
     pub fn resolve(model: &ModelFile, kind: ModelKind, overrides: &BTreeMap<String, String>) -> Contract {
         let spec = kind.spec();
-        let mut c = Contract {
-            kind,
-            inputs: vec![],
-            output: String::new(),
-            fixed_batch: None,
-            metadata: BTreeMap::new(),
-            findings: vec![],
-        };
+        let mut c =
+            Contract { kind, inputs: vec![], output: String::new(), fixed_batch: None, metadata: BTreeMap::new(), findings: vec![] };
         let err = |c: &mut Contract, m: String| c.findings.push(Finding { level: Level::Error, message: m });
         let warn = |c: &mut Contract, m: String| c.findings.push(Finding { level: Level::Warning, message: m });
 
@@ -201,10 +194,8 @@ impl Contract {
             } else if let Some(d) = default {
                 c.metadata.insert(k.to_string(), d.to_string());
                 if !overrides.contains_key(*k) {
-                    c.findings.push(Finding {
-                        level: Level::Info,
-                        message: format!("metadata '{k}' missing: using the contract default {d}"),
-                    });
+                    c.findings
+                        .push(Finding { level: Level::Info, message: format!("metadata '{k}' missing: using the contract default {d}") });
                 }
             }
         }
@@ -226,7 +217,10 @@ impl Contract {
             }
         }
         if kind == ModelKind::Noise && !c.metadata.contains_key("null_label") {
-            warn(&mut c, "metadata 'null_label' missing: classifier-free guidance (guidance != 1) cannot be used; pass --meta null_label=K".into());
+            warn(
+                &mut c,
+                "metadata 'null_label' missing: classifier-free guidance (guidance != 1) cannot be used; pass --meta null_label=K".into(),
+            );
         }
         c
     }
@@ -283,10 +277,7 @@ impl Contract {
     }
 
     pub fn meta(&self, key: &str) -> Result<&str> {
-        self.metadata
-            .get(key)
-            .map(String::as_str)
-            .ok_or_else(|| anyhow!("the model has no '{key}' metadata; pass --meta {key}=VALUE"))
+        self.metadata.get(key).map(String::as_str).ok_or_else(|| anyhow!("the model has no '{key}' metadata; pass --meta {key}=VALUE"))
     }
 
     pub fn meta_f64(&self, key: &str) -> Result<f64> {
@@ -375,8 +366,5 @@ fn check_port(c: &mut Contract, what: &str, spec: &PortSpec, port: &Port) {
 }
 
 fn spec_shape(spec: &PortSpec) -> String {
-    format!(
-        "[{}]",
-        spec.dims.iter().map(|d| d.map(|v| v.to_string()).unwrap_or_else(|| "N".into())).collect::<Vec<_>>().join(", ")
-    )
+    format!("[{}]", spec.dims.iter().map(|d| d.map(|v| v.to_string()).unwrap_or_else(|| "N".into())).collect::<Vec<_>>().join(", "))
 }

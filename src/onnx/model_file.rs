@@ -78,9 +78,7 @@ pub struct ModelFile {
 }
 
 pub fn elem_name(code: i32) -> String {
-    DataType::try_from(code)
-        .map(|d| d.as_str_name().to_lowercase())
-        .unwrap_or_else(|_| format!("unknown({code})"))
+    DataType::try_from(code).map(|d| d.as_str_name().to_lowercase()).unwrap_or_else(|_| format!("unknown({code})"))
 }
 
 fn elem_size(code: i32) -> Option<u64> {
@@ -175,8 +173,8 @@ fn check_tensor(t: &pb::TensorProto, limits: &ModelLimits, path: &Path) -> Resul
             }
         }
     } else {
-        let stored = t.float_data.len() + t.int32_data.len() + t.int64_data.len() + t.double_data.len()
-            + t.uint64_data.len() + t.string_data.len();
+        let stored =
+            t.float_data.len() + t.int32_data.len() + t.int64_data.len() + t.double_data.len() + t.uint64_data.len() + t.string_data.len();
         if stored as u64 != count && !(stored == 0 && count == 0) {
             bail!(
                 "{}: tensor '{name}' stores {stored} values but its shape {:?} needs {count}; the file is corrupt",
@@ -250,23 +248,54 @@ fn tensor_ints(t: &pb::TensorProto) -> Option<Vec<i64>> {
 
 fn broadcast(shapes: &[&Vec<u64>]) -> Vec<u64> {
     let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
-    (0..rank)
-        .map(|i| {
-            shapes
-                .iter()
-                .map(|s| if i + s.len() >= rank { s[i + s.len() - rank] } else { 1 })
-                .max()
-                .unwrap_or(1)
-        })
-        .collect()
+    (0..rank).map(|i| shapes.iter().map(|s| if i + s.len() >= rank { s[i + s.len() - rank] } else { 1 }).max().unwrap_or(1)).collect()
 }
 
 /// Element-wise operators whose output has the broadcast shape of their inputs.
 const ELEMENTWISE: &[&str] = &[
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "And", "Or", "Xor", "Equal", "Less",
-    "Greater", "LessOrEqual", "GreaterOrEqual", "Mod", "BitShift", "Cast", "CastLike", "Neg", "Abs", "Exp", "Log",
-    "Sqrt", "Relu", "Sigmoid", "Tanh", "Identity", "Not", "Floor", "Ceil", "Round", "Sign", "Reciprocal", "Clip",
-    "Sin", "Cos", "Erf", "LeakyRelu", "Softplus",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "Where",
+    "And",
+    "Or",
+    "Xor",
+    "Equal",
+    "Less",
+    "Greater",
+    "LessOrEqual",
+    "GreaterOrEqual",
+    "Mod",
+    "BitShift",
+    "Cast",
+    "CastLike",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Identity",
+    "Not",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Reciprocal",
+    "Clip",
+    "Sin",
+    "Cos",
+    "Erf",
+    "LeakyRelu",
+    "Softplus",
 ];
 
 impl Walker<'_> {
@@ -316,7 +345,9 @@ impl Walker<'_> {
             return self.fail(format!(
                 "{} ({}) has a sparse tensor in attribute '{}' (sparse_tensor), which the grader does not read; \
                  export the constant as a dense tensor",
-                node_label(n), n.op_type, a.name
+                node_label(n),
+                n.op_type,
+                a.name
             ));
         }
         if let Some(t) = &a.t {
@@ -370,7 +401,12 @@ impl Walker<'_> {
                 Folded { shape: broadcast(&[&ins[0].shape, &target]), ints: None }
             }),
             ("Tile", Some(ins)) if ins.len() == 2 => ins[1].ints.as_ref().map(|r| Folded {
-                shape: ins[0].shape.iter().zip(r.iter().chain(std::iter::repeat(&1))).map(|(&d, &k)| d.saturating_mul(k.max(0) as u64)).collect(),
+                shape: ins[0]
+                    .shape
+                    .iter()
+                    .zip(r.iter().chain(std::iter::repeat(&1)))
+                    .map(|(&d, &k)| d.saturating_mul(k.max(0) as u64))
+                    .collect(),
                 ints: None,
             }),
             ("Range", Some(ins)) if ins.len() == 3 => match (&ins[0].ints, &ins[1].ints, &ins[2].ints) {
@@ -413,7 +449,10 @@ impl Walker<'_> {
                 "{} ({}) computes a constant of shape {:?} ({elems} elements) from constants alone; a runtime \
                  folds it when the model loads, over the limit of {} bytes per tensor. Refused before loading: \
                  compute it from the model's inputs, or make it smaller",
-                node_label(n), n.op_type, out.shape, self.limits.max_tensor_bytes
+                node_label(n),
+                n.op_type,
+                out.shape,
+                self.limits.max_tensor_bytes
             ));
         }
         if let Some(o) = n.output.first().filter(|o| !o.is_empty()) {
@@ -463,19 +502,14 @@ impl ModelFile {
             .chain(graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str).filter(|o| !o.is_empty())))
             .collect();
         if let Some(o) = graph.output.iter().find(|o| !produced.contains(o.name.as_str())) {
-            bail!(
-                "{}: graph output '{}' is not produced by any node, input or initializer; the file is corrupt",
-                path.display(),
-                o.name
-            );
+            bail!("{}: graph output '{}' is not produced by any node, input or initializer; the file is corrupt", path.display(), o.name);
         }
-        let opset = proto
-            .opset_import
-            .iter()
-            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-            .map(|o| o.version);
+        let opset = proto.opset_import.iter().find(|o| o.domain.is_empty() || o.domain == "ai.onnx").map(|o| o.version);
         if !proto.training_info.is_empty() {
-            bail!("{}: the model carries training graphs (training_info), which the grader does not read; export the inference model only", path.display());
+            bail!(
+                "{}: the model carries training graphs (training_info), which the grader does not read; export the inference model only",
+                path.display()
+            );
         }
         let mut walker = Walker { limits, path, ops: BTreeSet::new(), params: 0 };
         walker.graph(graph, 0, &HashMap::new())?;
@@ -485,8 +519,7 @@ impl ModelFile {
         let (ops, parameters) = (walker.ops, walker.params);
         let initializers: BTreeSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
         // Older exporters list weights among the inputs; those are not inputs the grader feeds.
-        let inputs: Vec<Port> =
-            graph.input.iter().filter(|v| !initializers.contains(v.name.as_str())).map(port).collect();
+        let inputs: Vec<Port> = graph.input.iter().filter(|v| !initializers.contains(v.name.as_str())).map(port).collect();
         let outputs: Vec<Port> = graph.output.iter().map(port).collect();
         for p in inputs.iter().chain(outputs.iter()) {
             if let Some(dims) = &p.dims {
@@ -511,17 +544,7 @@ impl ModelFile {
             }
         }
         let metadata = proto.metadata_props.iter().map(|e| (e.key.clone(), e.value.clone())).collect();
-        Ok(ModelFile {
-            path: path.to_path_buf(),
-            bytes,
-            inputs,
-            outputs,
-            metadata,
-            ops,
-            opset,
-            parameters,
-            proto,
-        })
+        Ok(ModelFile { path: path.to_path_buf(), bytes, inputs, outputs, metadata, ops, opset, parameters, proto })
     }
 
     /// The model as runtimes get it: re-encoded from the proto that was decoded and walked, so a field

@@ -8,10 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use prost::Message;
-use tract_onnx::pb::{
-    self, attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
-    type_proto,
-};
+use tract_onnx::pb::{self, attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension, type_proto};
 
 pub const IR_VERSION: i64 = 8;
 pub const OPSET: i64 = 17;
@@ -202,11 +199,7 @@ impl GraphBuilder {
                 output: self.outputs,
                 ..Default::default()
             }),
-            metadata_props: self
-                .metadata
-                .into_iter()
-                .map(|(key, value)| pb::StringStringEntryProto { key, value })
-                .collect(),
+            metadata_props: self.metadata.into_iter().map(|(key, value)| pb::StringStringEntryProto { key, value }).collect(),
             ..Default::default()
         }
     }
@@ -219,6 +212,5 @@ pub fn to_bytes(model: &pb::ModelProto) -> Vec<u8> {
 
 /// Writes a model atomically (temporary file in the same folder, then rename).
 pub fn save(model: &pb::ModelProto, path: &Path) -> Result<()> {
-    crate::report::write_atomic(path, &to_bytes(model))
-        .with_context(|| format!("writing ONNX model {}", path.display()))
+    crate::report::write_atomic(path, &to_bytes(model)).with_context(|| format!("writing ONNX model {}", path.display()))
 }

@@ -12,8 +12,8 @@ use crate::runtime::EngineInfo;
 use crate::spec::{GraderSpec, Verdict};
 
 pub mod output_dir;
-pub mod sanitize;
 mod render;
+pub mod sanitize;
 
 pub use output_dir::OutputDir;
 
@@ -101,7 +101,10 @@ impl Report {
             simple: b.as_ref().map(|b| b.simple),
             strong: b.as_ref().and_then(|b| b.strong),
             // Without a baseline, the metric's own nature: distances between distributions are better low.
-            higher_is_better: b.as_ref().map(|b| b.higher_is_better).unwrap_or(!matches!(name, "fid" | "kid" | "judge_fid" | "noise_fraction" | "mifid" | "memorised_fraction")),
+            higher_is_better: b
+                .as_ref()
+                .map(|b| b.higher_is_better)
+                .unwrap_or(!matches!(name, "fid" | "kid" | "judge_fid" | "noise_fraction" | "mifid" | "memorised_fraction")),
             verdict: b.map(|b| b.verdict(value)),
             interval: None,
             within_noise_of: vec![],
@@ -195,12 +198,7 @@ impl Report {
 
 /// Arms the hard stop for a grading run: past the budget (plus grace) inside one model call, a partial
 /// report saying so is written to `out` and the process exits with code 1.
-pub fn arm_hard_stop(
-    deadline: crate::budget::Deadline,
-    mut partial: Report,
-    out: &Path,
-    extra: &ExtraReports,
-) -> crate::budget::HardStop {
+pub fn arm_hard_stop(deadline: crate::budget::Deadline, mut partial: Report, out: &Path, extra: &ExtraReports) -> crate::budget::HardStop {
     let out = out.to_path_buf();
     let extra = extra.clone();
     crate::budget::HardStop::arm(deadline, move || {

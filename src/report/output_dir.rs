@@ -19,7 +19,10 @@ impl OutputDir {
             }
             let non_empty = std::fs::read_dir(root).with_context(|| format!("cannot read {}", root.display()))?.next().is_some();
             if non_empty && !force {
-                bail!("output folder {} already exists and is not empty; pass --force to overwrite it, or choose another --out", root.display());
+                bail!(
+                    "output folder {} already exists and is not empty; pass --force to overwrite it, or choose another --out",
+                    root.display()
+                );
             }
         }
         std::fs::create_dir_all(root).with_context(|| format!("cannot create output folder {}", root.display()))?;

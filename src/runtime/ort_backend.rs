@@ -35,9 +35,11 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
     if exact.is_file() {
         return Some(exact);
     }
-    std::fs::read_dir(&capi).ok()?.flatten().map(|e| e.path()).find(|p| {
-        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so"))
-    })
+    std::fs::read_dir(&capi)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
 }
 
 /// The ONNX Runtime library to load: `ORT_DYLIB_PATH` if set, else the project's install location found
@@ -188,15 +190,9 @@ impl OrtEngine {
             })?;
         }
         let _loading = crate::memory::activity(format!("building the ONNX Runtime session for {path}"));
-        let session = builder
-            .commit_from_memory(&file.runtime_bytes())
-            .map_err(|e| anyhow!("ONNX Runtime cannot load {path}: {e}"))?;
-        let version = lib
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("libonnxruntime.so."))
-            .unwrap_or(ORT_VERSION)
-            .to_string();
+        let session = builder.commit_from_memory(&file.runtime_bytes()).map_err(|e| anyhow!("ONNX Runtime cannot load {path}: {e}"))?;
+        let version =
+            lib.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("libonnxruntime.so.")).unwrap_or(ORT_VERSION).to_string();
         Ok(OrtEngine {
             session,
             info: EngineInfo { backend: "ort", device: opts.device, version, library: Some(lib.display().to_string()) },
@@ -275,9 +271,7 @@ impl OrtEngine {
         let output = bound.output.clone();
         let outs = self.session.run_binding(&bound.binding).map_err(|e| anyhow!("ONNX Runtime failed running {path}: {e}"))?;
         let v = outs.get(&output).with_context(|| format!("{path}: no output named '{output}'"))?;
-        let (shape, data) = v
-            .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow!("{path}: output '{output}' is not a float32 tensor: {e}"))?;
+        let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("{path}: output '{output}' is not a float32 tensor: {e}"))?;
         let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
         if shape != bound.out_shape || shape.iter().product::<usize>() != data.len() {
             bail!("{path}: output '{output}' has shape {shape:?}, the binding expected {:?}", bound.out_shape);
@@ -289,21 +283,19 @@ impl OrtEngine {
         let mut values: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(inputs.len());
         for i in inputs {
             let v: SessionInputValue = match i.data {
-                InputData::F32(d) => TensorRef::from_array_view((shape_i64(&i.shape), d))
-                    .map_err(|e| anyhow!("input {}: {e}", i.name))?
-                    .into(),
-                InputData::I64(d) => TensorRef::from_array_view((shape_i64(&i.shape), d))
-                    .map_err(|e| anyhow!("input {}: {e}", i.name))?
-                    .into(),
+                InputData::F32(d) => {
+                    TensorRef::from_array_view((shape_i64(&i.shape), d)).map_err(|e| anyhow!("input {}: {e}", i.name))?.into()
+                }
+                InputData::I64(d) => {
+                    TensorRef::from_array_view((shape_i64(&i.shape), d)).map_err(|e| anyhow!("input {}: {e}", i.name))?.into()
+                }
             };
             values.push((Cow::Borrowed(i.name), v));
         }
         let path = &self.path;
         let outs = self.session.run(values).map_err(|e| anyhow!("ONNX Runtime failed running {path}: {e}"))?;
         let v = outs.get(output).with_context(|| format!("{path}: no output named '{output}'"))?;
-        let (shape, data) = v
-            .try_extract_tensor::<f32>()
-            .map_err(|e| anyhow!("{path}: output '{output}' is not a float32 tensor: {e}"))?;
+        let (shape, data) = v.try_extract_tensor::<f32>().map_err(|e| anyhow!("{path}: output '{output}' is not a float32 tensor: {e}"))?;
         let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
         if shape.iter().product::<usize>() != data.len() {
             bail!("{path}: output '{output}' shape and data disagree");

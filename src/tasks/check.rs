@@ -79,10 +79,7 @@ pub fn run(path: &Path, kind: ModelKind, meta: &BTreeMap<String, String>, opts: 
                                 message: format!("trial run gave {bad} NaN/Inf values out of {}", out.data.len()),
                             });
                         }
-                        contract.findings.push(Finding {
-                            level: Level::Info,
-                            message: format!("trial run: output shape {:?}", out.shape),
-                        });
+                        contract.findings.push(Finding { level: Level::Info, message: format!("trial run: output shape {:?}", out.shape) });
                     }
                 }
             }
@@ -108,12 +105,8 @@ impl CheckReport {
     pub fn to_text(&self) -> String {
         // Every field may hold the submission's text: one line each, no control characters.
         use crate::report::sanitize::line as l;
-        let mut s = format!(
-            "{}: {} as a {} model\n",
-            l(&self.model),
-            if self.ok { "OK" } else { "DOES NOT MEET THE CONTRACT" },
-            self.kind.name()
-        );
+        let mut s =
+            format!("{}: {} as a {} model\n", l(&self.model), if self.ok { "OK" } else { "DOES NOT MEET THE CONTRACT" }, self.kind.name());
         s.push_str(&format!("  backend: {}\n", self.backend.as_deref().unwrap_or("not loaded")));
         s.push_str(&format!("  opset: {}\n", self.opset.map(|o| o.to_string()).unwrap_or_else(|| "none".into())));
         s.push_str(&format!("  parameters: {}\n", self.parameters));

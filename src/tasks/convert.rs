@@ -113,7 +113,15 @@ pub fn fid_archive_layers(path: &Path) -> Result<Vec<nn::inception::ArchiveConv>
         };
         ensure!(names == ["weight", "beta", "mean", "var"], "{} holds tensors {names:?}, expected weight, beta, mean, var", at());
         let c = w.shape.first().copied().unwrap_or(0);
-        ensure!(w.shape.len() == 4 && [beta, mean, var].iter().all(|v| v.shape == [c]), "{}: shapes {:?} {:?} {:?} {:?} are not a conv + BatchNorm", at(), w.shape, beta.shape, mean.shape, var.shape);
+        ensure!(
+            w.shape.len() == 4 && [beta, mean, var].iter().all(|v| v.shape == [c]),
+            "{}: shapes {:?} {:?} {:?} {:?} are not a conv + BatchNorm",
+            at(),
+            w.shape,
+            beta.shape,
+            mean.shape,
+            var.shape
+        );
         layers.push(nn::inception::ArchiveConv {
             path: m.path.clone(),
             weight: nn::weights::NamedTensor { shape: w.shape.clone(), data: w.data.clone() },
@@ -146,8 +154,8 @@ pub fn convert(kind: ConvertKind, path: &Path, out: &Path, opts: &ConvertOptions
         return Ok(Vec::new());
     }
     let mut sd = load_state_dict(kind, path, opts)?;
-    let model = to_model(kind, &mut sd, &opts.meta)
-        .with_context(|| format!("{} does not hold the weights of a {kind:?} model", path.display()))?;
+    let model =
+        to_model(kind, &mut sd, &opts.meta).with_context(|| format!("{} does not hold the weights of a {kind:?} model", path.display()))?;
     crate::onnx::writer::save(&model, out)?;
     Ok(sd.unused())
 }

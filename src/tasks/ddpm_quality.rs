@@ -9,8 +9,8 @@ use anyhow::{bail, Context, Result};
 use image::RgbImage;
 
 use super::RunOptions;
-use crate::metrics::digit_quality::{judge_fid, noisy, real_digits, roughness, RealDigits};
 use crate::metrics::digit_features::DigitFeatures;
+use crate::metrics::digit_quality::{judge_fid, noisy, real_digits, roughness, RealDigits};
 use crate::pictures;
 use crate::report::{OutputDir, Report};
 use crate::spec::GraderSpec;

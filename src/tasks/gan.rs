@@ -98,7 +98,11 @@ impl Generator {
                 // As torchvision's save_image: value*255 + 0.5, clamped, truncated.
                 let to_u8 = move |v: f32| -> u8 {
                     let v01 = if zero_one { v } else { (v + 1.0) / 2.0 };
-                    if v01.is_finite() { (v01 * 255.0 + 0.5).clamp(0.0, 255.0) as u8 } else { 0 }
+                    if v01.is_finite() {
+                        (v01 * 255.0 + 0.5).clamp(0.0, 255.0) as u8
+                    } else {
+                        0
+                    }
                 };
                 images.push(RgbImage::from_fn(64, 64, |x, y| {
                     let p = (y * 64 + x) as usize;
@@ -146,7 +150,10 @@ pub fn folder_features(dir: &Path, net: &mut InceptionNet, quiet: bool) -> Resul
 pub fn reference_stats(reference: &Path, net: &mut InceptionNet, quiet: bool) -> Result<(Stats, Option<(Vec<f32>, usize)>)> {
     if reference.is_file() {
         if reference.extension().and_then(|e| e.to_str()) != Some("npz") {
-            bail!("reference {} is a file but not a .npz of statistics (make one with `grade fid-stats DIR -o stats.npz`)", reference.display());
+            bail!(
+                "reference {} is a file but not a .npz of statistics (make one with `grade fid-stats DIR -o stats.npz`)",
+                reference.display()
+            );
         }
         // Statistics cached with their features (as `grade batch` does) still allow KID.
         let feats = npz::read_features_npz(reference)?;

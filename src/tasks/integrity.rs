@@ -19,7 +19,8 @@ pub fn train_source(flag: &Option<PathBuf>, spec: &crate::spec::GraderSpec) -> O
     match flag {
         Some(p) if p.as_os_str() == "off" => None,
         Some(p) => Some(p.clone()),
-        None => spec.data.get("train").and_then(|v| v.as_str()).map(PathBuf::from),
+        // As the bundled models: from the current folder, else from the source tree `grade` was built from.
+        None => spec.data.get("train").and_then(|v| v.as_str()).map(super::rel_or_root),
     }
 }
 
@@ -27,7 +28,13 @@ pub fn train_source(flag: &Option<PathBuf>, spec: &crate::spec::GraderSpec) -> O
 pub const FACE_TRAIN: &str = "face-train-inception";
 
 /// Inception features of the training faces in `dir` (or from a feature file), cached under `cache`.
-pub fn face_train_features(source: &Path, inception: &Path, net: &mut InceptionNet, cache: Option<&Path>, quiet: bool) -> Result<(TrainFeatures, bool)> {
+pub fn face_train_features(
+    source: &Path,
+    inception: &Path,
+    net: &mut InceptionNet,
+    cache: Option<&Path>,
+    quiet: bool,
+) -> Result<(TrainFeatures, bool)> {
     memorisation::train_features(
         source,
         FACE_TRAIN,
@@ -77,7 +84,10 @@ pub fn gan_memorisation(
     let m = memorisation::measure(gen, &train.features, train.dim, memorisation::FACES)?;
     record(report, &m, &train, out, images, "face", 1, |i| format!("images/{i:04}.png"))?;
     report.timings.insert("memorisation".into(), t1.elapsed().as_secs_f64());
-    report.inputs.insert("train".into(), format!("{} ({} faces{})", train.dir.display(), train.rows(), if cached { ", cached features" } else { "" }));
+    report.inputs.insert(
+        "train".into(),
+        format!("{} ({} faces{})", train.dir.display(), train.rows(), if cached { ", cached features" } else { "" }),
+    );
     let details = details(&m, &train, |i| format!("images/{i:04}.png"));
     Ok(Some((m, details)))
 }
@@ -147,7 +157,13 @@ pub fn add_metrics(report: &mut Report, m: &Memorisation, fid: Option<f64>) {
 pub const DIGIT_TRAIN: &str = "digit-train-judge";
 
 /// Judge-penultimate features of the training digits (`dir` with data/ and train.csv, or a feature file).
-pub fn digit_train_features(source: &Path, judge: &Path, rt: &crate::runtime::RuntimeOptions, cache: Option<&Path>, quiet: bool) -> Result<(TrainFeatures, bool)> {
+pub fn digit_train_features(
+    source: &Path,
+    judge: &Path,
+    rt: &crate::runtime::RuntimeOptions,
+    cache: Option<&Path>,
+    quiet: bool,
+) -> Result<(TrainFeatures, bool)> {
     digit_train_features_if(source, judge, rt, cache, quiet, true)?.context("training features are not cached")
 }
 
@@ -172,7 +188,11 @@ fn digit_train_features_if(
         |d, names| {
             use rayon::prelude::*;
             if !quiet {
-                eprintln!("computing the training digits' judge features once ({}, {} images; cached for later runs)", d.display(), names.len());
+                eprintln!(
+                    "computing the training digits' judge features once ({}, {} images; cached for later runs)",
+                    d.display(),
+                    names.len()
+                );
             }
             let mut net = crate::metrics::digit_features::DigitFeatures::open(judge, rt)?;
             let limits = crate::data::images::ImageLimits::default();
@@ -192,28 +212,44 @@ fn digit_train_features_if(
     )
 }
 
-/// Memorisation of the generated digits against the training digits (the spec's `[data] train`,
-/// MNIST-M train), in the judge's penultimate features: metrics, `memorisation.png`, notes, the
-/// verdict line. A judge that cannot be cut to its penultimate layer, or no training digits, is a note.
-/// `deadline` is the run's: the budget's hard stop is still armed here, so uncached training features
-/// are computed only when there is time left before it (else a note says how to cache them).
-pub fn ddpm_memorisation(
+/// The training digits' judge features for [`ddpm_memorisation`]: read from the cache, or computed (and
+/// cached) here, before the budget's clock starts, so a cold cache costs the grader's time, never the
+/// course's generation budget. `Err` is the note the report carries instead of the check.
+pub fn ddpm_prepare(
     spec: &crate::spec::GraderSpec,
+    judge: &Path,
+    opts: &super::RunOptions,
+) -> std::result::Result<(TrainFeatures, bool), String> {
+    let Some(source) = train_source(&None, spec) else {
+        return Err("memorisation not checked: no training digits ([data] train in the grader spec)".into());
+    };
+    if !source.exists() {
+        return Err(format!("memorisation not checked: training digits {} not found", source.display()));
+    }
+    let cache = memorisation::cache_dir();
+    digit_train_features(&source, judge, &opts.runtime, cache.as_deref(), opts.quiet)
+        .map_err(|e| format!("memorisation not checked: {e:#}"))
+}
+
+/// Memorisation of the generated digits against the training digits (the spec's `[data] train`,
+/// MNIST-M train, prepared by [`ddpm_prepare`]), in the judge's penultimate features: metrics,
+/// `memorisation.png`, notes, the verdict line. A judge that cannot be cut to its penultimate layer, or
+/// no training digits, is a note.
+pub fn ddpm_memorisation(
+    prepared: std::result::Result<(TrainFeatures, bool), String>,
     judge: &Path,
     generated: &[(String, u8, RgbImage)],
     out: &OutputDir,
     opts: &super::RunOptions,
-    deadline: &crate::budget::Deadline,
     report: &mut Report,
 ) -> Result<()> {
-    let Some(source) = train_source(&None, spec) else {
-        report.notes.push("memorisation not checked: no training digits ([data] train in the grader spec)".into());
-        return Ok(());
+    let (train, cached) = match prepared {
+        Ok(t) => t,
+        Err(note) => {
+            report.notes.push(note);
+            return Ok(());
+        }
     };
-    if !source.exists() {
-        report.notes.push(format!("memorisation not checked: training digits {} not found", source.display()));
-        return Ok(());
-    }
     if generated.is_empty() {
         return Ok(());
     }
@@ -225,18 +261,6 @@ pub fn ddpm_memorisation(
             return Ok(());
         }
     };
-    let cache = memorisation::cache_dir();
-    // The hard stop fires at the budget plus 10% (at least 5 s): keep 5 minutes clear of it.
-    let fire_at = deadline.budget() + deadline.budget().mul_f64(0.1).max(std::time::Duration::from_secs(5));
-    let may_compute = fire_at.saturating_sub(deadline.elapsed()) > std::time::Duration::from_secs(300);
-    let Some((train, cached)) = digit_train_features_if(&source, judge, &opts.runtime, cache.as_deref(), opts.quiet, may_compute)? else {
-        report.notes.push(format!(
-            "memorisation not checked: the training digits' features are not cached and computing them could run into the budget's hard stop; \
-             run `grade ddpm` once with a larger --budget (or --steps 1) to cache them ({})",
-            source.display()
-        ));
-        return Ok(());
-    };
     let images: Vec<RgbImage> = generated.iter().map(|g| g.2.clone()).collect();
     let (gen, dim) = net.features(&images)?;
     anyhow::ensure!(dim == train.dim, "judge features of width {dim} but the training features have {}", train.dim);
@@ -244,7 +268,10 @@ pub fn ddpm_memorisation(
     let name = |i: usize| format!("images/{}", generated[i].0);
     record(report, &m, &train, out, &images, "digit", 2, name)?;
     report.timings.insert("memorisation".into(), t0.elapsed().as_secs_f64());
-    report.inputs.insert("train".into(), format!("{} ({} digits{})", train.dir.display(), train.rows(), if cached { ", cached features" } else { "" }));
+    report.inputs.insert(
+        "train".into(),
+        format!("{} ({} digits{})", train.dir.display(), train.rows(), if cached { ", cached features" } else { "" }),
+    );
     add_metrics(report, &m, None);
     let d = details(&m, &train, name);
     if let serde_json::Value::Object(o) = &mut report.details {

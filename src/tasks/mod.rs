@@ -66,10 +66,7 @@ impl RunOptions {
             if let Some(dir) = out.as_ref().and_then(|o| crate::report::OutputDir::create(o, force).ok()) {
                 let _ = partial.write_all(&dir, &extra);
             }
-            eprintln!(
-                "error: over budget: still {} when the time budget ran out",
-                crate::report::sanitize::line(&during)
-            );
+            eprintln!("error: over budget: still {} when the time budget ran out", crate::report::sanitize::line(&during));
         })
     }
 }

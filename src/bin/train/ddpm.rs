@@ -72,7 +72,16 @@ impl NoiseModel for TchNoise<'_> {
 /// `first_image..` of a seeded job, one noise stream per image as in `grade ddpm`. Returns [N, 3, 28, 28]
 /// values in [-1, 1].
 #[allow(clippy::too_many_arguments)]
-pub fn ddim(p: &mut ParamStore, width: usize, labels: &[i64], steps: usize, w: f64, seed: u64, first_image: u64, dev: Device) -> Result<Vec<f32>> {
+pub fn ddim(
+    p: &mut ParamStore,
+    width: usize,
+    labels: &[i64],
+    steps: usize,
+    w: f64,
+    seed: u64,
+    first_image: u64,
+    dev: Device,
+) -> Result<Vec<f32>> {
     let schedule = Schedule::new("linear", 1e-4, 0.02, T as usize)?;
     let cfg = SampleConfig {
         kind: SamplerKind::Ddim { eta: 0.0 },
@@ -101,14 +110,30 @@ pub fn preview(p: &mut ParamStore, width: usize, rows: usize, steps: usize, w: f
 /// `train sample`: the course's output folder (`0_001.png` ... `9_100.png`) from a checkpoint's EMA
 /// weights, sampled by libtorch (on a GPU when there is one).
 #[allow(clippy::too_many_arguments)]
-pub fn sample_folder(ckpt_path: &std::path::Path, out: &std::path::Path, grid: Option<&std::path::Path>, per_class: usize, steps: usize, w: f64, batch: usize, seed: u64, dev: Device) -> Result<()> {
+pub fn sample_folder(
+    ckpt_path: &std::path::Path,
+    out: &std::path::Path,
+    grid: Option<&std::path::Path>,
+    per_class: usize,
+    steps: usize,
+    w: f64,
+    batch: usize,
+    seed: u64,
+    dev: Device,
+) -> Result<()> {
     let (tensors, meta) = ckpt::load(ckpt_path, dev)?;
     let width: usize = meta.get("width").and_then(|s| s.parse().ok()).unwrap_or(unet::SEED_WIDTH);
     let mut p = unet_store(dev, width)?;
     let has_ema = tensors.keys().any(|k| k.starts_with("ema."));
     let src: std::collections::BTreeMap<String, Tensor> = tensors
         .iter()
-        .filter_map(|(k, v)| if has_ema { k.strip_prefix("ema.").map(|n| (n.to_string(), v.shallow_clone())) } else { Some((k.clone(), v.shallow_clone())) })
+        .filter_map(|(k, v)| {
+            if has_ema {
+                k.strip_prefix("ema.").map(|n| (n.to_string(), v.shallow_clone()))
+            } else {
+                Some((k.clone(), v.shallow_clone()))
+            }
+        })
         .collect();
     ckpt::restore(&mut p, &src, ckpt_path)?;
     std::fs::create_dir_all(out)?;
@@ -200,7 +225,17 @@ pub fn train(c: &Common, a: &DdpmArgs) -> Result<()> {
             let mut tensors = p.named();
             tensors.extend(ema.shadow.iter().map(|(k, v)| (format!("ema.{k}"), v.shallow_clone())));
             tensors.extend(opt.state("main"));
-            let m = meta("ddpm", step + 1, c.seed, &[("width", a.width.to_string()), ("batch", batch.to_string()), ("lr", lr.to_string()), ("ema_beta", a.ema_beta.to_string())]);
+            let m = meta(
+                "ddpm",
+                step + 1,
+                c.seed,
+                &[
+                    ("width", a.width.to_string()),
+                    ("batch", batch.to_string()),
+                    ("lr", lr.to_string()),
+                    ("ema_beta", a.ema_beta.to_string()),
+                ],
+            );
             ckpt::save(&run.checkpoint(), tensors, &m)?;
             let mut q = ema_store(&p, &ema);
             let grid = preview(&mut q, a.width, 1, a.sample_steps, a.guidance, c.seed, dev)?;

@@ -99,16 +99,28 @@ impl Augment {
     /// As recorded in checkpoints: "none", "colour", "zoom" or "colour,zoom".
     pub fn name(self) -> String {
         let on: Vec<&str> = [(self.colour, "colour"), (self.zoom, "zoom")].iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
-        if on.is_empty() { "none".into() } else { on.join(",") }
+        if on.is_empty() {
+            "none".into()
+        } else {
+            on.join(",")
+        }
     }
 
     fn source(self, x: Tensor) -> Tensor {
         let x = if self.zoom { zoom_augment(&x) } else { x };
-        if self.colour { colour_augment(&x) } else { x }
+        if self.colour {
+            colour_augment(&x)
+        } else {
+            x
+        }
     }
 
     fn target(self, x: Tensor) -> Tensor {
-        if self.colour { colour_augment(&x) } else { x }
+        if self.colour {
+            colour_augment(&x)
+        } else {
+            x
+        }
     }
 }
 
@@ -169,7 +181,17 @@ pub fn train_dann(c: &Common, a: &DigitArgs, pair: Pair, mode: Mode) -> Result<(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageSet>, unlabelled: Option<&ImageSet>, evals: &[(&str, &ImageSet)], mode: Mode, dev: Device) -> Result<Vec<(String, f64)>> {
+fn fit(
+    c: &Common,
+    a: &DigitArgs,
+    kind: &str,
+    net: Net,
+    labelled: Option<&ImageSet>,
+    unlabelled: Option<&ImageSet>,
+    evals: &[(&str, &ImageSet)],
+    mode: Mode,
+    dev: Device,
+) -> Result<Vec<(String, f64)>> {
     let labelled = labelled.expect("a labelled training set");
     tch::manual_seed(c.seed as i64);
     let mut p = ParamStore::new(dev, Init::Torch);
@@ -205,7 +227,14 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         c.seed_step(step);
         let progress = step as f64 / steps as f64;
         // MultiStepLR: x0.1 at 50% and 75% of the run.
-        opt.lr = lr * if progress >= 0.75 { 0.01 } else if progress >= 0.5 { 0.1 } else { 1.0 };
+        opt.lr = lr
+            * if progress >= 0.75 {
+                0.01
+            } else if progress >= 0.5 {
+                0.1
+            } else {
+                1.0
+            };
         let lambda = 2.0 / (1.0 + (-10.0 * progress).exp()) - 1.0;
         let (x, y) = labelled.batch(&src_batches.next(batch));
         let x = a.augment.source(x);
@@ -268,7 +297,8 @@ fn fit(c: &Common, a: &DigitArgs, kind: &str, net: Net, labelled: Option<&ImageS
         if (step + 1) % c.save_every == 0 || end {
             let mut tensors = p.named();
             tensors.extend(opt.state("main"));
-            let recipe = [("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string()), ("augment", augment.clone())];
+            let recipe =
+                [("mode", format!("{mode:?}")), ("batch", batch.to_string()), ("lr", lr.to_string()), ("augment", augment.clone())];
             ckpt::save(&run.checkpoint(), tensors, &meta(kind, step + 1, c.seed, &recipe))?;
             run.write_curves(kind)?;
         }

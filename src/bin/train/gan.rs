@@ -67,7 +67,11 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
         let mut t = p.named();
         t.extend(opt_g.state("g"));
         t.extend(opt_d.state("d"));
-        ckpt::save(&run.checkpoint(), t, &meta(kind, step, c.seed, &[("width", g.width.to_string()), ("batch", batch.to_string()), ("lr", lr.to_string())]))?;
+        ckpt::save(
+            &run.checkpoint(),
+            t,
+            &meta(kind, step, c.seed, &[("width", g.width.to_string()), ("batch", batch.to_string()), ("lr", lr.to_string())]),
+        )?;
         let img = tch::no_grad(|| generate(p, &fixed_z, g.width, false))?;
         let grid = pictures_from(&img, 8)?;
         grid.save(run.root.join("samples").join(format!("step_{step:07}.png")))?;
@@ -112,11 +116,8 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
         let z = Tensor::randn([n, dcgan::LATENT as i64, 1, 1], (Kind::Float, dev));
         let fake = generate(&mut p, &z, g.width, true)?;
         let score = discriminate(&mut p, &fake, g.width, g.wgan, true)?;
-        let g_loss = if g.wgan {
-            -score.mean(Kind::Float)
-        } else {
-            score.binary_cross_entropy::<Tensor>(&score.ones_like(), None, Reduction::Mean)
-        };
+        let g_loss =
+            if g.wgan { -score.mean(Kind::Float) } else { score.binary_cross_entropy::<Tensor>(&score.ones_like(), None, Reduction::Mean) };
         g_loss.backward();
         opt_g.step(&p);
         let gl = f64::try_from(&g_loss)?;
@@ -140,6 +141,10 @@ pub fn train(c: &Common, g: &GanArgs) -> Result<()> {
         }
     }
     run.pb.finish();
-    eprintln!("{kind}: step {done} of {steps}; checkpoint {}, samples in {}", run.checkpoint().display(), run.root.join("samples").display());
+    eprintln!(
+        "{kind}: step {done} of {steps}; checkpoint {}, samples in {}",
+        run.checkpoint().display(),
+        run.root.join("samples").display()
+    );
     Ok(())
 }

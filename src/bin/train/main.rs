@@ -81,7 +81,11 @@ impl Common {
     pub fn start(&self) -> Result<Device> {
         let ck = self.out.join("checkpoint.safetensors");
         if ck.exists() && self.resume.is_none() && !self.force {
-            bail!("{} already holds a checkpoint: continue it with --resume {}, or pass --force to start over", self.out.display(), ck.display());
+            bail!(
+                "{} already holds a checkpoint: continue it with --resume {}, or pass --force to start over",
+                self.out.display(),
+                ck.display()
+            );
         }
         self.device()
     }
@@ -117,7 +121,13 @@ impl Common {
     /// the checkpoint's tensors (for state kept elsewhere, such as EMA weights). `recipe` holds
     /// (option, this run's value, the value of checkpoints written before the option existed): a
     /// checkpoint recording another value is refused, since the resumed run would be neither recipe.
-    pub fn resume_into(&self, kind: &str, recipe: &[(&str, &str, &str)], p: &mut ParamStore, opts: &mut [(&str, &mut Adam)]) -> Result<(i64, BTreeMap<String, Tensor>)> {
+    pub fn resume_into(
+        &self,
+        kind: &str,
+        recipe: &[(&str, &str, &str)],
+        p: &mut ParamStore,
+        opts: &mut [(&str, &mut Adam)],
+    ) -> Result<(i64, BTreeMap<String, Tensor>)> {
         let Some(path) = &self.resume else { return Ok((0, BTreeMap::new())) };
         let (tensors, meta) = ckpt::load(path, p.device)?;
         let theirs = meta.get("kind").map(String::as_str).unwrap_or("?");
@@ -284,7 +294,9 @@ pub fn images_from(x: &Tensor) -> Vec<image::RgbImage> {
     let (shape, data) = ckpt::to_vec(x);
     let (n, h, w) = (shape[0], shape[2], shape[3]);
     let per = 3 * h * w;
-    (0..n).map(|i| gradekit::pictures::chw_to_rgb(&data[i * per..(i + 1) * per], w as u32, h as u32, gradekit::diffusion::sampler::to_u8)).collect()
+    (0..n)
+        .map(|i| gradekit::pictures::chw_to_rgb(&data[i * per..(i + 1) * per], w as u32, h as u32, gradekit::diffusion::sampler::to_u8))
+        .collect()
 }
 
 /// A [N, 3, H, W] tensor in [-1, 1] as a grid picture.
@@ -318,12 +330,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Dcgan { common, width } => gan::train(&common, &gan::GanArgs { width, wgan: false, critic_steps: 1, gp_lambda: 0.0 }),
-        Command::WganGp { common, width, critic_steps, gp_lambda } => gan::train(&common, &gan::GanArgs { width, wgan: true, critic_steps, gp_lambda }),
+        Command::WganGp { common, width, critic_steps, gp_lambda } => {
+            gan::train(&common, &gan::GanArgs { width, wgan: true, critic_steps, gp_lambda })
+        }
         Command::Ddpm { common, width, label_dropout, ema, sample_steps, guidance } => {
             ddpm::train(&common, &ddpm::DdpmArgs { width, label_dropout, ema_beta: ema, sample_steps, guidance })
         }
-        Command::Dann { common, pair, mode, eval_every, augment } => digits::train_dann(&common, &digits::DigitArgs { eval_every, augment: digits::Augment::from_list(&augment) }, pair, mode),
-        Command::Classifier { common, eval_every } => digits::train_classifier(&common, &digits::DigitArgs { eval_every, augment: digits::Augment::default() }),
+        Command::Dann { common, pair, mode, eval_every, augment } => {
+            digits::train_dann(&common, &digits::DigitArgs { eval_every, augment: digits::Augment::from_list(&augment) }, pair, mode)
+        }
+        Command::Classifier { common, eval_every } => {
+            digits::train_classifier(&common, &digits::DigitArgs { eval_every, augment: digits::Augment::default() })
+        }
         Command::Export { kind, checkpoint, output, meta } => export(kind, &checkpoint, &output, &meta),
         Command::Sample { checkpoint, out, grid, per_class, steps, guidance, batch, seed, device } => parse_device(&device)
             .and_then(|dev| ddpm::sample_folder(&checkpoint, &out, grid.as_deref(), per_class, steps, guidance, batch, seed, dev)),

@@ -67,11 +67,7 @@ pub fn run(kind: ParityKind, width: usize, batches: &[i64], seed: u64, out: &Pat
     tch::no_grad(|| {
         for (k, v) in p.vars.iter_mut() {
             if v.dim() == 1 {
-                let r = if k.ends_with("running_var") {
-                    Tensor::rand_like(v) + 0.5
-                } else {
-                    &*v + Tensor::randn_like(v) * 0.1
-                };
+                let r = if k.ends_with("running_var") { Tensor::rand_like(v) + 0.5 } else { &*v + Tensor::randn_like(v) * 0.1 };
                 v.copy_(&r);
             }
         }

@@ -61,15 +61,19 @@ impl RunDir {
         }
         gradekit::report::write_atomic(&self.root.join("losses.csv"), csv.as_bytes())?;
         let (metrics, losses): (Vec<_>, Vec<_>) = self.curves.iter().partition(|(k, _)| k.contains("acc"));
-        let smoothed: Vec<(String, Vec<(f64, f64)>)> = losses
-            .iter()
-            .map(|(k, v)| (k.to_string(), smooth(v, (v.len() / 50).clamp(1, 50))))
-            .collect();
+        let smoothed: Vec<(String, Vec<(f64, f64)>)> =
+            losses.iter().map(|(k, v)| (k.to_string(), smooth(v, (v.len() / 50).clamp(1, 50)))).collect();
         let series: Vec<Series> = smoothed.iter().map(|(k, v)| Series { name: k, points: v }).collect();
-        gradekit::report::write_atomic(&self.root.join("losses.svg"), line_chart(&format!("{title}: losses (smoothed)"), "step", &series).as_bytes())?;
+        gradekit::report::write_atomic(
+            &self.root.join("losses.svg"),
+            line_chart(&format!("{title}: losses (smoothed)"), "step", &series).as_bytes(),
+        )?;
         if !metrics.is_empty() {
             let series: Vec<Series> = metrics.iter().map(|(k, v)| Series { name: k, points: v }).collect();
-            gradekit::report::write_atomic(&self.root.join("metrics.svg"), line_chart(&format!("{title}: accuracy"), "step", &series).as_bytes())?;
+            gradekit::report::write_atomic(
+                &self.root.join("metrics.svg"),
+                line_chart(&format!("{title}: accuracy"), "step", &series).as_bytes(),
+            )?;
         }
         Ok(())
     }

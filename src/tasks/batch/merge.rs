@@ -10,7 +10,11 @@ use crate::report::OutputDir;
 
 /// A batch folder or its class.json.
 fn class_file(p: &Path) -> PathBuf {
-    if p.is_dir() { p.join("class.json") } else { p.to_path_buf() }
+    if p.is_dir() {
+        p.join("class.json")
+    } else {
+        p.to_path_buf()
+    }
 }
 
 pub struct MergeOutcome {
@@ -33,7 +37,13 @@ pub fn merge(inputs: &[PathBuf], out: &Path, force: bool) -> Result<MergeOutcome
     let mut shards: Vec<Shard> = vec![];
     for (dir, r) in &reports {
         if r.graders != graders {
-            bail!("{} graded {:?} but {} graded {:?}: shards of one class must run the same graders (pass --graders)", dir.display(), r.graders, reports[0].0.display(), graders);
+            bail!(
+                "{} graded {:?} but {} graded {:?}: shards of one class must run the same graders (pass --graders)",
+                dir.display(),
+                r.graders,
+                reports[0].0.display(),
+                graders
+            );
         }
         for s in &r.shards {
             if shards.iter().any(|x| x.index == s.index) {
@@ -75,13 +85,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path, force: bool) -> Result<MergeOutcome
     }
     students.sort_by(|a, b| a.id.cmp(&b.id));
     shards.sort_by_key(|s| s.index);
-    let mut report = ClassReport {
-        tool: "gradekit".into(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        graders,
-        shards,
-        students,
-    };
+    let mut report = ClassReport { tool: "gradekit".into(), tool_version: env!("CARGO_PKG_VERSION").into(), graders, shards, students };
     super::write_class(&dest, &mut report)?;
     Ok(MergeOutcome { report, missing_shards })
 }

@@ -367,7 +367,9 @@ fn grader_line(r: &StudentResult) -> String {
 fn parse_grader_args(pairs: &[String], graders: &[String]) -> Result<Vec<(String, String)>> {
     let mut v = vec![];
     for p in pairs {
-        let Some((g, a)) = p.split_once('=') else { bail!("--grader-arg {p:?}: expected GRADER=ARG, e.g. ddpm=--steps=10 or all=--backend=tract") };
+        let Some((g, a)) = p.split_once('=') else {
+            bail!("--grader-arg {p:?}: expected GRADER=ARG, e.g. ddpm=--steps=10 or all=--backend=tract")
+        };
         if g != "all" && !layout::GRADERS.iter().any(|k| k.grader == g) {
             bail!("--grader-arg {p:?}: no grader named {g}");
         }
@@ -450,9 +452,28 @@ fn grade_student(
     if let Some(why) = &s.refused {
         let gs = graders
             .iter()
-            .map(|g| GraderResult { grader: g.clone(), submission: None, status: GradeStatus::Refused, exit_code: None, seconds: 0.0, error: Some(why.clone()), metrics: vec![], grid: None })
+            .map(|g| GraderResult {
+                grader: g.clone(),
+                submission: None,
+                status: GradeStatus::Refused,
+                exit_code: None,
+                seconds: 0.0,
+                error: Some(why.clone()),
+                metrics: vec![],
+                grid: None,
+            })
             .collect();
-        return Ok((StudentResult { id: s.id.clone(), status: StudentStatus::Error, seconds: 0.0, graders: gs, error: Some(why.clone()), similar_to: vec![] }, false));
+        return Ok((
+            StudentResult {
+                id: s.id.clone(),
+                status: StudentStatus::Error,
+                seconds: 0.0,
+                graders: gs,
+                error: Some(why.clone()),
+                similar_to: vec![],
+            },
+            false,
+        ));
     }
     let dir_rel = format!("students/{}", s.id);
     let result_file = out.path(&format!("{dir_rel}/result.json"))?;
@@ -561,7 +582,8 @@ fn run_grader(
     }
     cmd.arg("--out").arg(&gdir).args(["--force", "--quiet"]);
     let limits = child::Limits { time: args.timeout.unwrap_or(spec.budget() + args.grace), memory: args.student_memory };
-    let o = child::run(cmd, &out.path(&format!("{dir_rel}/{grader}.log"))?, &out.path(&format!("{dir_rel}/{grader}.status.json"))?, limits)?;
+    let o =
+        child::run(cmd, &out.path(&format!("{dir_rel}/{grader}.log"))?, &out.path(&format!("{dir_rel}/{grader}.status.json"))?, limits)?;
     let file_name = sub.path().file_name().map(|n| n.to_string_lossy().to_string());
     let mut r = GraderResult {
         grader: grader.into(),
@@ -645,7 +667,10 @@ fn fingerprint_run(
     let exe = std::env::current_exe().context("cannot find the grade binary to run")?;
     let mut cmd = Command::new(exe);
     cmd.arg("--memory-limit").arg(args.student_memory.to_string());
-    cmd.args(["fingerprint", "--kind", kind]).arg(model).arg("--output").arg(out.path(&similarity::fingerprint_rel(dir_rel.trim_start_matches("students/"), grader))?);
+    cmd.args(["fingerprint", "--kind", kind])
+        .arg(model)
+        .arg("--output")
+        .arg(out.path(&similarity::fingerprint_rel(dir_rel.trim_start_matches("students/"), grader))?);
     if kind == "classifier" {
         if let Ok(d) = data_dir("dir") {
             cmd.arg("--val").arg(d);
@@ -659,7 +684,12 @@ fn fingerprint_run(
         }
     }
     let limits = child::Limits { time: limits.time.min(Duration::from_secs(120)), memory: limits.memory };
-    child::run(cmd, &out.path(&format!("{dir_rel}/{grader}.fingerprint.log"))?, &out.path(&format!("{dir_rel}/{grader}.fingerprint.status.json"))?, limits)?;
+    child::run(
+        cmd,
+        &out.path(&format!("{dir_rel}/{grader}.fingerprint.log"))?,
+        &out.path(&format!("{dir_rel}/{grader}.fingerprint.status.json"))?,
+        limits,
+    )?;
     Ok(())
 }
 

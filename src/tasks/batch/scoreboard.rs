@@ -73,11 +73,20 @@ pub fn csv(r: &ClassReport) -> Result<String> {
 
 /// HTML-escaped, with control characters (ANSI escapes from a submission) made visible first.
 fn esc(s: &str) -> String {
-    crate::report::sanitize::line(s).replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    crate::report::sanitize::line(s)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 fn fmt(v: f64) -> String {
-    if v.abs() < 1.0 { format!("{v:.4}") } else { format!("{v:.2}") }
+    if v.abs() < 1.0 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse}\
@@ -195,7 +204,13 @@ pub fn html(r: &ClassReport, root: &Path) -> Result<String> {
                 h.push_str("</td>");
             }
         }
-        write!(h, "<td data-v=\"{0:.1}\">{0:.1}</td><td data-v=\"{1}\" class=\"err\">{2}</td>", s.seconds, problems.len(), esc(&problems.join(" | ")))?;
+        write!(
+            h,
+            "<td data-v=\"{0:.1}\">{0:.1}</td><td data-v=\"{1}\" class=\"err\">{2}</td>",
+            s.seconds,
+            problems.len(),
+            esc(&problems.join(" | "))
+        )?;
         write!(h, "<td data-v=\"{0}\" class=\"err\">{1}</td></tr>", s.similar_to.len(), esc(&s.similar_to.join(" | ")))?;
     }
     write!(h, "</tbody></table><script>{SCRIPT}</script></body></html>\n")?;

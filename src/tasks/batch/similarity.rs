@@ -243,8 +243,9 @@ pub fn fingerprint(model: &Path, kind: FingerprintKind, val: Option<&Path>, opts
                 _ => sets.push(("synthetic-digits", probe_digits(64, 41).into_iter().map(|(i, _)| i).collect())),
             }
             let mut rng = ChaCha8Rng::seed_from_u64(42);
-            let noise: Vec<RgbImage> =
-                (0..64).map(|_| RgbImage::from_fn(28, 28, |_, _| Rgb([rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>()]))).collect();
+            let noise: Vec<RgbImage> = (0..64)
+                .map(|_| RgbImage::from_fn(28, 28, |_, _| Rgb([rng.random::<u8>(), rng.random::<u8>(), rng.random::<u8>()])))
+                .collect();
             sets.push(("noise-images", noise));
             for (name, imgs) in sets {
                 let logits = c.logits(&imgs)?;
@@ -382,7 +383,11 @@ pub fn spread(pairs: &[Pair]) -> BTreeMap<String, ClassSpread> {
     by.into_iter()
         .map(|(g, mut v)| {
             v.sort_by(|a, b| a.total_cmp(b));
-            let median = if v.is_empty() { None } else { Some(if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 }) };
+            let median = if v.is_empty() {
+                None
+            } else {
+                Some(if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 })
+            };
             let n = count[&g];
             (g, ClassSpread { pairs: n, median, min: v.first().copied() })
         })
@@ -485,7 +490,10 @@ mod tests {
             version: 1,
             kind: FingerprintKind::Classifier,
             probes: probes.iter().map(|(n, v)| Probe::new(n, 1, v)).collect(),
-            weights: WeightSignature { total: tensors.iter().map(|t| t.0).sum(), tensors: tensors.iter().map(|(n, h)| (*n, h.to_string())).collect() },
+            weights: WeightSignature {
+                total: tensors.iter().map(|t| t.0).sum(),
+                tensors: tensors.iter().map(|(n, h)| (*n, h.to_string())).collect(),
+            },
         }
     }
 
