@@ -46,20 +46,6 @@ pub fn parse_budget(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("budget {s:?}: {e} (examples: 15m, 90s, 600)"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_budgets() {
-        assert_eq!(parse_budget("15m").unwrap(), Duration::from_secs(900));
-        assert_eq!(parse_budget("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_budget("0.5").unwrap(), Duration::from_millis(500));
-        assert!(parse_budget("-1").is_err());
-        assert!(parse_budget("soon").is_err());
-    }
-}
-
 /// The last line of defence against a model too slow for its budget: the checks between batches cannot
 /// interrupt a single model call that runs for minutes. Past the budget plus a grace period, this
 /// writes the partial report (via `on_fire`) and ends the process with exit code 1 (over budget).
@@ -99,5 +85,19 @@ impl HardStop {
 impl Drop for HardStop {
     fn drop(&mut self) {
         self.armed.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_budgets() {
+        assert_eq!(parse_budget("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_budget("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_budget("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_budget("-1").is_err());
+        assert!(parse_budget("soon").is_err());
     }
 }

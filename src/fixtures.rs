@@ -157,7 +157,7 @@ pub fn template_classifier(train: &[(RgbImage, u8)]) -> ModelProto {
         // Same 5x5 box blur as the graph's AveragePool (zero padding counted).
         (0..784)
             .map(|i| {
-                let (y, x) = ((i / 28) as i32, (i % 28) as i32);
+                let (y, x) = ((i / 28), (i % 28));
                 let mut sum = 0.0;
                 for dy in -2..=2 {
                     for dx in -2..=2 {
@@ -250,7 +250,7 @@ fn linear_alpha_bars() -> Vec<f64> {
 fn noise_ports(g: &mut GraphBuilder) -> (String, String, String) {
     let n = Dim::Symbol("N");
     let x = g.input("x", Elem::F32, &[n.clone(), Dim::Fixed(3), Dim::Fixed(28), Dim::Fixed(28)]);
-    let t = g.input("t", Elem::I64, &[n.clone()]);
+    let t = g.input("t", Elem::I64, std::slice::from_ref(&n));
     let l = g.input("label", Elem::I64, &[n]);
     (x, t, l)
 }

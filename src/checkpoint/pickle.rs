@@ -191,7 +191,7 @@ pub fn resolve_script_global(module: &str, name: &str) -> Result<Global> {
     }
     let base = unmangled(module);
     if let Some((_, n)) = SCRIPT_CLASSES.iter().find(|(m, n)| *m == base && *n == name) {
-        return Ok(Global::ScriptClass(*n));
+        return Ok(Global::ScriptClass(n));
     }
     resolve_global(module, name).map_err(|e| {
         if module.starts_with("__torch__") {

@@ -197,7 +197,11 @@ mod tests {
         }
         let mut size = None;
         let mut groups = vec![];
-        for_each_rgb_group(&small, &limits, 1 << 20, &mut size, |g| Ok(groups.push(g.len()))).unwrap();
+        for_each_rgb_group(&small, &limits, 1 << 20, &mut size, |g| {
+            let _: () = groups.push(g.len());
+            Ok(())
+        })
+        .unwrap();
         assert_eq!((groups, size), (vec![3], Some((64, 64))));
         // Four 4096x4096 images (48 MiB each decoded, a few KB on disk) with 100 MiB at once: decoded
         // two at a time, never all four.
@@ -206,15 +210,22 @@ mod tests {
             black_png(p, 4096, 4096);
         }
         let mut groups = vec![];
-        for_each_rgb_group(&bombs, &limits, 100 << 20, &mut None, |g| Ok(groups.push(g.len()))).unwrap();
+        for_each_rgb_group(&bombs, &limits, 100 << 20, &mut None, |g| {
+            let _: () = groups.push(g.len());
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(groups, vec![2, 2]);
         // Over the dimension limit: refused from the header, before anything is decoded.
         let wide = tmp.path().join("wide.png");
         black_png(&wide, 5000, 2);
         let mut called = false;
-        let e = for_each_rgb_group(&[small[0].clone(), wide.clone()], &limits, u64::MAX, &mut None, |_| Ok(called = true))
-            .unwrap_err()
-            .to_string();
+        let e = for_each_rgb_group(&[small[0].clone(), wide.clone()], &limits, u64::MAX, &mut None, |_| {
+            let _: () = called = true;
+            Ok(())
+        })
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("wide.png") && e.contains("5000x2") && e.contains("4096x4096"), "{e}");
         assert!(!called);
         // One size per folder, from the headers.

@@ -133,7 +133,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// For each generated row its nearest training row under `1 - |cos|`, and for each training row the
 /// distance of its nearest generated row (the reverse direction).
 pub fn nearest_both(gen: &[f32], train: &[f32], dim: usize) -> Result<(Vec<Nearest>, Vec<f32>)> {
-    ensure!(dim > 0 && gen.len() % dim == 0 && train.len() % dim == 0, "feature rows of {dim} values expected");
+    ensure!(dim > 0 && gen.len().is_multiple_of(dim) && train.len().is_multiple_of(dim), "feature rows of {dim} values expected");
     let n_train = train.len() / dim;
     ensure!(n_train > 0 && !gen.is_empty(), "memorisation needs generated and training features");
     let g = unit_rows(gen, dim);

@@ -261,7 +261,7 @@ impl Ops for OnnxGraph<'_> {
     fn self_attention(&mut self, x: &String, name: &str, dim: usize, heads: usize) -> Result<String> {
         // Written with MatMul/Softmax only (ONNX's Attention op is opset 23): per head
         // softmax(q k^T / sqrt(d)) v, heads concatenated, then the output projection.
-        anyhow::ensure!(dim % heads == 0, "{name}: {dim} channels do not split into {heads} heads");
+        anyhow::ensure!(dim.is_multiple_of(heads), "{name}: {dim} channels do not split into {heads} heads");
         let d = dim / heads;
         let w_in = self.weights.get(&format!("{name}.in_proj_weight"), &[3 * dim, dim])?;
         let b_in = self.weights.get(&format!("{name}.in_proj_bias"), &[3 * dim])?;

@@ -118,8 +118,8 @@ pub fn to_onnx(weights: &mut dyn super::weights::Weights, width: usize, meta: &N
     let n = Dim::Symbol("N");
     let img = [n.clone(), Dim::Fixed(3), Dim::Fixed(SIZE), Dim::Fixed(SIZE)];
     let x = og.g.input("x", Elem::F32, &img);
-    let t = og.g.input("t", Elem::I64, &[n.clone()]);
-    let l = og.g.input("label", Elem::I64, &[n.clone()]);
+    let t = og.g.input("t", Elem::I64, std::slice::from_ref(&n));
+    let l = og.g.input("label", Elem::I64, std::slice::from_ref(&n));
     let y = forward(&mut og, &x, &t, &l, width)?;
     og.g.output("eps", &y, Elem::F32, &img);
     og.g.metadata("kind", "noise");

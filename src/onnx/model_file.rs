@@ -132,7 +132,7 @@ fn check_tensor(t: &pb::TensorProto, limits: &ModelLimits, path: &Path) -> Resul
         if d < 0 {
             bail!("{}: tensor '{name}' has a negative dimension ({d})", path.display());
         }
-        count = count.checked_mul(d as u64).unwrap_or(u64::MAX);
+        count = count.saturating_mul(d as u64);
         extent = extent.saturating_mul((d as u64).max(1));
     }
     let size = elem_size(t.data_type);

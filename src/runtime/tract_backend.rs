@@ -168,7 +168,7 @@ impl Engine for TractEngine {
     fn run(&mut self, inputs: &[Input], output: &str) -> Result<Output> {
         check_inputs(inputs)?;
         for name in &self.input_names {
-            if !inputs.iter().any(|i| &i.name == name) {
+            if !inputs.iter().any(|i| i.name == name) {
                 bail!("{}: input '{name}' was not supplied", self.path);
             }
         }
@@ -177,7 +177,7 @@ impl Engine for TractEngine {
             .iter()
             .position(|n| n == output)
             .ok_or_else(|| anyhow!("{}: no output named '{output}' (outputs: {:?})", self.path, self.output_names))?;
-        let ordered: Vec<&Input> = self.input_names.iter().map(|n| inputs.iter().find(|i| &i.name == n).unwrap()).collect();
+        let ordered: Vec<&Input> = self.input_names.iter().map(|n| inputs.iter().find(|i| i.name == n).unwrap()).collect();
         // Split along the batch axis when every input has the same leading dimension.
         let n = ordered.first().and_then(|i| i.shape.first().copied()).unwrap_or(0);
         let split = self.threads > 1 && n >= 2 && ordered.iter().all(|i| i.shape.first() == Some(&n));

@@ -28,7 +28,7 @@ impl Classifier {
         contract.ensure_ok(&file)?;
         let mean = contract.meta_f32_list("input_mean", 3)?;
         let std = contract.meta_f32_list("input_std", 3)?;
-        if std.iter().any(|s| *s == 0.0) {
+        if std.contains(&0.0) {
             anyhow::bail!("{}: input_std contains 0", path.display());
         }
         let engine = runtime::open(&file, opts)?;

@@ -582,7 +582,7 @@ mod tests {
         let p = pace(per_step * 47.0, 47, 475, 1);
         let left = Duration::from_secs_f64(7.8 - per_step * 47.0);
         let better = p.replan(left).expect("the overrun is caught part-way");
-        assert!(better < 475 && better >= 1);
+        assert!((1..475).contains(&better));
         // The new count fits AIM of what is left at the measured pace.
         assert!(better as f64 * per_step <= left.as_secs_f64() * AIM + 1e-9);
         assert!((better + 1) as f64 * per_step > left.as_secs_f64() * AIM);

@@ -182,7 +182,7 @@ mod tests {
         for i in 0..256 {
             let yi = y.get(i);
             let close = |t: &Tensor| f64::try_from((&yi - t).abs().max()).unwrap() < 1e-6;
-            let k = [x.get(i), -x.get(i), grey.get(i), -grey.get(i)].iter().position(|c| close(c));
+            let k = [x.get(i), -x.get(i), grey.get(i), -grey.get(i)].iter().position(close);
             seen[k.unwrap_or_else(|| panic!("image {i} is none of the four colourings"))] += 1;
         }
         assert!(seen.iter().all(|&n| n > 30), "colourings drawn {seen:?} of 256");

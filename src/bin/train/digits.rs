@@ -271,7 +271,7 @@ fn fit(
         let mut dom = 0.0;
         if let Some(dl) = domain_loss {
             dom = f64::try_from(&dl)?;
-            loss = loss + dl;
+            loss += dl;
         }
         loss.backward();
         opt.step(&p);

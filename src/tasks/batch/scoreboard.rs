@@ -213,6 +213,6 @@ pub fn html(r: &ClassReport, root: &Path) -> Result<String> {
         )?;
         write!(h, "<td data-v=\"{0}\" class=\"err\">{1}</td></tr>", s.similar_to.len(), esc(&s.similar_to.join(" | ")))?;
     }
-    write!(h, "</tbody></table><script>{SCRIPT}</script></body></html>\n")?;
+    writeln!(h, "</tbody></table><script>{SCRIPT}</script></body></html>")?;
     Ok(h)
 }
