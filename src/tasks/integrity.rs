@@ -19,8 +19,9 @@ pub fn train_source(flag: &Option<PathBuf>, spec: &crate::spec::GraderSpec) -> O
     match flag {
         Some(p) if p.as_os_str() == "off" => None,
         Some(p) => Some(p.clone()),
-        // As the bundled models: from the current folder, else from the source tree `grade` was built from.
-        None => spec.data.get("train").and_then(|v| v.as_str()).map(super::rel_or_root),
+        // From the current folder, as `grade gan`'s reference faces (a grader run elsewhere, a test in a
+        // scratch folder, does not pay for the training set's features).
+        None => spec.data.get("train").and_then(|v| v.as_str()).map(PathBuf::from),
     }
 }
 
