@@ -125,10 +125,15 @@ pub enum Command {
         /// Start even if the run is predicted to overrun the budget; stop at the budget with a partial report.
         #[arg(long)]
         keep_going: bool,
-        /// Real digits for the judge FID: an MNIST-M folder (data/*.png, train.csv, val.csv); default from
-        /// graders/ddpm.toml (data/hw2_data/digits/mnistm), skipped with a note when absent.
+        /// Real digits for the judge FID: an MNIST-M folder (data/*.png, train.csv, val.csv), or `off`; default
+        /// from graders/ddpm.toml (data/hw2_data/digits/mnistm), skipped with a note when absent.
         #[arg(long)]
         reference: Option<PathBuf>,
+        /// Training digits for the memorisation check (an MNIST-M folder, or a feature file a batch cached);
+        /// `off` skips it (default from graders/ddpm.toml: data/hw2_data/digits/mnistm, skipped with a note
+        /// when absent).
+        #[arg(long)]
+        train: Option<PathBuf>,
         #[command(flatten)]
         runtime: RuntimeArgs,
         #[command(flatten)]

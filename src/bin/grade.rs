@@ -33,7 +33,22 @@ fn run(cli: Cli) -> Result<i32> {
             let args = tasks::dann::DannArgs { pair, model, data, split, resize, spec: output.spec.clone() };
             Ok(tasks::dann::run(&args, &opts)?.exit_code())
         }
-        Command::Ddpm { model, classifier, sampler, steps, guidance, eta, clip, no_clip, seed, keep_going, reference, runtime, output } => {
+        Command::Ddpm {
+            model,
+            classifier,
+            sampler,
+            steps,
+            guidance,
+            eta,
+            clip,
+            no_clip,
+            seed,
+            keep_going,
+            reference,
+            train,
+            runtime,
+            output,
+        } => {
             let opts = run_options(Some(&runtime), &output)?;
             let clip = if no_clip {
                 Some(false)
@@ -54,6 +69,7 @@ fn run(cli: Cli) -> Result<i32> {
                 keep_going,
                 spec: output.spec.clone(),
                 reference,
+                train,
             };
             Ok(tasks::ddpm::run(&args, &opts)?.exit_code())
         }

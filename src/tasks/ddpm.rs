@@ -44,6 +44,8 @@ pub struct DdpmArgs {
     pub spec: Option<PathBuf>,
     /// Real digits for the judge FID (`None`: the spec's `[quality] reference`, skipped when absent).
     pub reference: Option<PathBuf>,
+    /// Training digits for the memorisation check (`None`: the spec's `[data] train`; `off` skips it).
+    pub train: Option<PathBuf>,
 }
 
 /// The timesteps shown in the reverse-process figure (1-based, as in the seed report), and the
@@ -167,7 +169,7 @@ pub fn run(args: &DdpmArgs, opts: &RunOptions) -> Result<Report> {
         args.classifier.clone().unwrap_or_else(|| super::rel_or_root(s.get("classifier").and_then(|v| v.as_str()).unwrap_or("")));
     // The quality pass's reference digits are read before the budget's clock starts.
     let quality = super::ddpm_quality::prepare(&spec, args.reference.as_deref(), &clf_path, per_class, opts)?;
-    let memorisation_train = super::integrity::ddpm_prepare(&spec, &clf_path, opts);
+    let memorisation_train = super::integrity::ddpm_prepare(&spec, &args.train, &clf_path, opts);
     let deadline = Deadline::start(opts.budget.unwrap_or(spec.budget()));
     let load_stop = opts.arm_load_stop(deadline, &spec);
     let sampler = match args.sampler {

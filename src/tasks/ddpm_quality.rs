@@ -21,6 +21,9 @@ const SHOWN: usize = 50;
 /// The reference folder: the one given (must exist), else the spec's default (skipped when absent).
 fn reference_dir(given: Option<&Path>, spec: &GraderSpec) -> Result<Option<PathBuf>> {
     if let Some(p) = given {
+        if p.as_os_str() == "off" {
+            return Ok(None);
+        }
         if !p.is_dir() {
             bail!("--reference {}: not a folder; pass an MNIST-M folder (data/*.png, train.csv, val.csv)", p.display());
         }
@@ -55,6 +58,7 @@ pub fn prepare(spec: &GraderSpec, reference: Option<&Path>, judge: &Path, per_cl
     let Some(q) = &spec.quality else { return Ok(None) };
     let t0 = std::time::Instant::now();
     let reference = match reference_dir(reference, spec)? {
+        None if reference.is_some_and(|p| p.as_os_str() == "off") => Err("judge FID not computed: --reference off".into()),
         None => Err(format!(
             "judge FID not computed: no reference digits ({} not found; pass --reference DIR, an MNIST-M folder)",
             q.reference.as_deref().unwrap_or("no [quality] reference in the spec")

@@ -218,11 +218,12 @@ fn digit_train_features_if(
 /// course's generation budget. `Err` is the note the report carries instead of the check.
 pub fn ddpm_prepare(
     spec: &crate::spec::GraderSpec,
+    train: &Option<PathBuf>,
     judge: &Path,
     opts: &super::RunOptions,
 ) -> std::result::Result<(TrainFeatures, bool), String> {
-    let Some(source) = train_source(&None, spec) else {
-        return Err("memorisation not checked: no training digits ([data] train in the grader spec)".into());
+    let Some(source) = train_source(train, spec) else {
+        return Err("memorisation not checked: no training digits (--train off, or no [data] train in the grader spec)".into());
     };
     if !source.exists() {
         return Err(format!("memorisation not checked: training digits {} not found", source.display()));

@@ -563,6 +563,19 @@ fn run_grader(
         }
         ("ddpm", Submission::Onnx(p)) => {
             cmd.arg("ddpm").arg("--model").arg(p);
+            // The real digits (judge FID reference, memorisation's training digits) come from --data like
+            // every other grader's data, never from the folder the batch was started in; absent: `off`,
+            // so the report says the check was skipped instead of looking elsewhere.
+            for (flag, dir) in [
+                ("--reference", spec.quality.as_ref().and_then(|q| q.reference.clone())),
+                ("--train", spec.data_str("train").ok().map(String::from)),
+            ] {
+                let dir = dir.map(|d| args.data.join(Path::new(&d).strip_prefix("data/hw2_data").unwrap_or(Path::new(&d))));
+                match dir.filter(|d| d.is_dir()) {
+                    Some(d) => cmd.arg(flag).arg(d),
+                    None => cmd.arg(flag).arg("off"),
+                };
+            }
         }
         (g, Submission::Onnx(p)) => {
             let pair = g.strip_prefix("dann-").context("unknown grader")?;
