@@ -1,12 +1,31 @@
-//! Only for the trainer (cargo feature `train`): give the `train` binary an rpath to the libtorch that
+//! The runtime crates' versions, read from Cargo.lock at build time, for the reports' `versions` (they
+//! were once written by hand and went stale). Then, only for the trainer (cargo feature `train`): give the `train` binary an rpath to the libtorch that
 //! scripts/install-libtorch.sh found, so it runs without LD_LIBRARY_PATH, and on the CUDA route keep
 //! libtorch_cuda linked (the linker's --as-needed would drop it: no symbol of it is referenced directly,
 //! and then tch sees no GPU).
 
 use std::path::PathBuf;
 
+/// The locked version of package `name`, from Cargo.lock's `name = ".."` / `version = ".."` pairs.
+fn locked_version(lock: &str, name: &str) -> Option<String> {
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == format!("name = \"{name}\"") {
+            let v = lines.next()?.trim().strip_prefix("version = \"")?.strip_suffix('"')?;
+            return Some(v.to_string());
+        }
+    }
+    None
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    // Without a lock file (a build from a published package) the versions say so.
+    let lock = std::fs::read_to_string("Cargo.lock").unwrap_or_default();
+    for (name, var) in [("tract-onnx", "GRADEKIT_TRACT_VERSION"), ("ort", "GRADEKIT_ORT_VERSION")] {
+        println!("cargo:rustc-env={var}={}", locked_version(&lock, name).unwrap_or_else(|| "unknown".into()));
+    }
     if std::env::var_os("CARGO_FEATURE_TRAIN").is_none() {
         return;
     }

@@ -24,7 +24,7 @@ fn main() -> Result<()> {
         Some("count") if args.len() >= 4 => count(&args[1], Path::new(&args[2]), &args[3..]),
         Some("compare") if args.len() == 3 => compare(Path::new(&args[1]), Path::new(&args[2])),
         Some("sweep") if args.len() >= 4 => sweep(Path::new(&args[1]), Path::new(&args[2]), &args[3..]),
-        _ => bail!("usage: see the header of src/bin/face_eval.rs"),
+        _ => bail!("usage: see the header of examples/face_eval.rs"),
     }
 }
 

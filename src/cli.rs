@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::onnx::ModelKind;
-use crate::runtime::{BackendChoice, Device};
-use crate::tasks::dann::Pair;
-use crate::tasks::ddpm::SamplerArg;
+use crate::runtime::{BackendChoice, Device, RuntimeOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "grade", version, about = "Grade DLCV homework-2 models from ONNX files: exact, fast, reproducible", long_about = None)]
@@ -39,6 +37,28 @@ pub struct RuntimeArgs {
     /// Model metadata to supply or override, KEY=VALUE (see graders/CONTRACT.md); repeatable.
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
+}
+
+impl RuntimeArgs {
+    /// The runtime's own options (backend, device, threads, optimisation level).
+    pub fn options(&self) -> RuntimeOptions {
+        RuntimeOptions { backend: self.backend, device: self.device, threads: self.threads, ort_opt: self.ort_opt }
+    }
+}
+
+/// The options of a grading run from its flags (`runtime`: `None` for a run without a model).
+pub fn run_options(runtime: Option<&RuntimeArgs>, out: &OutputArgs) -> anyhow::Result<crate::tasks::RunOptions> {
+    Ok(crate::tasks::RunOptions {
+        runtime: runtime.map(RuntimeArgs::options).unwrap_or_default(),
+        batch: runtime.and_then(|r| r.batch).unwrap_or(0),
+        out: out.out.clone(),
+        force: out.force,
+        extra: crate::report::ExtraReports { json: out.json.clone(), junit: out.junit.clone(), markdown: out.markdown.clone() },
+        meta: crate::tasks::parse_meta(runtime.map(|r| r.meta.as_slice()).unwrap_or(&[]))?,
+        budget: out.budget,
+        spec: out.spec.clone(),
+        quiet: out.quiet,
+    })
 }
 
 #[derive(Args, Debug, Clone)]
@@ -73,21 +93,8 @@ pub struct OutputArgs {
 pub enum Command {
     /// Grade a DANN model: predict the target split, write the course's CSV, score accuracy.
     Dann {
-        /// Source -> target pair.
-        #[arg(long, value_enum)]
-        pair: Pair,
-        /// The model (image -> logits), see graders/CONTRACT.md (default: the bundled DANN of the pair, models/README.md).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Target digit folder (data/*.png + train.csv/val.csv); default from the grader spec.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Split to grade (default from the grader spec: val).
-        #[arg(long)]
-        split: Option<String>,
-        /// Resize images of another size instead of refusing them.
-        #[arg(long)]
-        resize: bool,
+        #[command(flatten)]
+        args: crate::tasks::dann::DannArgs,
         #[command(flatten)]
         runtime: RuntimeArgs,
         #[command(flatten)]
@@ -95,45 +102,8 @@ pub enum Command {
     },
     /// Grade a diffusion model: sample 100 digits per class within the budget and score them.
     Ddpm {
-        /// The noise model (default: the bundled seed-width UNet, models/ddpm-unet-w64.onnx), see graders/CONTRACT.md.
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// The digit classifier that judges the images (default: the bundled judge, models/digit-judge-lenet.onnx).
-        #[arg(long)]
-        classifier: Option<PathBuf>,
-        /// Sampler (default from graders/ddpm.toml: dpm-solver, DPM-Solver++(2M)); ddpm is dome272's 1000-step ancestral sampler.
-        #[arg(long, value_enum)]
-        sampler: Option<SamplerArg>,
-        /// Sampling steps, or `auto`: the most steps that fit about 90% of the budget (measured on the real batch).
-        #[arg(long)]
-        steps: Option<String>,
-        /// Classifier-free guidance scale w (eps = uncond + w (cond - uncond)); default from the model.
-        #[arg(long)]
-        guidance: Option<f64>,
-        /// DDIM eta (0 = deterministic).
-        #[arg(long, default_value_t = 0.0)]
-        eta: f64,
-        /// Clip the predicted x0 to [-1, 1] at every step (the default for ddim and dpm-solver).
-        #[arg(long, conflicts_with = "no_clip")]
-        clip: bool,
-        /// Do not clip the predicted x0 (the default for ddpm, as dome272 samples).
-        #[arg(long)]
-        no_clip: bool,
-        /// Seed of the initial noise.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Start even if the run is predicted to overrun the budget; stop at the budget with a partial report.
-        #[arg(long)]
-        keep_going: bool,
-        /// Real digits for the judge FID: an MNIST-M folder (data/*.png, train.csv, val.csv), or `off`; default
-        /// from graders/ddpm.toml (data/hw2_data/digits/mnistm), skipped with a note when absent.
-        #[arg(long)]
-        reference: Option<PathBuf>,
-        /// Training digits for the memorisation check (an MNIST-M folder, or a feature file a batch cached);
-        /// `off` skips it (default from graders/ddpm.toml: data/hw2_data/digits/mnistm, skipped with a note
-        /// when absent).
-        #[arg(long)]
-        train: Option<PathBuf>,
+        #[command(flatten)]
+        args: crate::tasks::ddpm::DdpmArgs,
         #[command(flatten)]
         runtime: RuntimeArgs,
         #[command(flatten)]
@@ -141,25 +111,8 @@ pub enum Command {
     },
     /// Grade a GAN generator: 1000 faces from seeded latents, FID/KID against the reference, face accuracy.
     Gan {
-        /// The generator (latent -> image), see graders/CONTRACT.md (default: the bundled face DCGAN, models/README.md).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Reference faces: a folder, or a .npz from `grade fid-stats` (default from graders/gan.toml).
-        #[arg(long)]
-        reference: Option<PathBuf>,
-        /// The FID Inception model (default: GRADEKIT_INCEPTION, else the one scripts/install-fid-weights.sh installs; GRADEKIT_INCEPTION=off skips FID).
-        #[arg(long)]
-        inception: Option<PathBuf>,
-        /// Seed of the latents.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Training faces for the memorisation check (a folder, or a feature file a batch cached); `off`
-        /// skips it (default from graders/gan.toml: data/hw2_data/face/train, skipped with a note when absent).
-        #[arg(long)]
-        train: Option<PathBuf>,
-        /// Face detector for face accuracy.
-        #[arg(long, value_enum, default_value_t = crate::metrics::faces::DetectorKind::Rustface)]
-        detector: crate::metrics::faces::DetectorKind,
+        #[command(flatten)]
+        args: crate::tasks::gan::GanArgs,
         #[command(flatten)]
         runtime: RuntimeArgs,
         #[command(flatten)]
@@ -215,14 +168,8 @@ pub enum Command {
     },
     /// Grade an existing prediction CSV (image_name,label) against a label CSV.
     Csv {
-        /// The predictions.
-        predictions: PathBuf,
-        /// The true labels (e.g. hw2_data/digits/usps/val.csv).
-        #[arg(long)]
-        labels: PathBuf,
-        /// Grader whose baselines apply.
-        #[arg(long, default_value = "dann-mnistm-usps")]
-        grader: String,
+        #[command(flatten)]
+        args: crate::tasks::csv_grade::CsvArgs,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -261,46 +208,7 @@ pub enum Command {
     },
     /// Grade a whole class: one folder per student (docs/batch.md), every applicable grader, each run
     /// isolated with time and memory limits; resumable; ends in scoreboard.csv and scoreboard.html.
-    Batch {
-        /// The class folder: one sub-folder per student (gan.onnx, ddpm.onnx, dann-usps.onnx|csv, dann-svhn.onnx|csv).
-        submissions: PathBuf,
-        /// The batch folder (reused to resume: finished students are skipped).
-        #[arg(long)]
-        out: PathBuf,
-        /// Re-grade students that finished in an earlier run (and reuse a non-batch --out folder).
-        #[arg(long)]
-        force: bool,
-        /// Grade only shard I of N (1-based; stable by student id), e.g. for a CI matrix or a Slurm array; combine with `grade merge`.
-        #[arg(long)]
-        shard: Option<crate::tasks::batch::Shard>,
-        /// Graders to run, comma-separated (default: every grader some student handed in a file for).
-        #[arg(long, value_delimiter = ',')]
-        graders: Vec<String>,
-        /// The homework data root (hw2_data layout: digits/usps, digits/svhn, face/val).
-        #[arg(long, default_value = "data/hw2_data")]
-        data: PathBuf,
-        /// Extra argument for one grader's runs, GRADER=ARG (GRADER `all`: every model grader), e.g. ddpm=--steps=20; repeatable.
-        #[arg(long = "grader-arg", value_name = "GRADER=ARG")]
-        grader_args: Vec<String>,
-        /// Memory limit of each student's grading process.
-        #[arg(long, default_value = "8G", value_parser = crate::memory::parse_size)]
-        student_memory: u64,
-        /// Time allowed past a grader's budget (start-up, scoring) before its process is killed.
-        #[arg(long, default_value = "300s", value_parser = crate::budget::parse_budget)]
-        grace: std::time::Duration,
-        /// Wall-clock limit of each grading run (default: the grader's budget plus --grace).
-        #[arg(long, value_parser = crate::budget::parse_budget)]
-        timeout: Option<std::time::Duration>,
-        /// Students graded at once (each grading process uses all cores by default).
-        #[arg(long, default_value_t = 1)]
-        jobs: usize,
-        /// The FID Inception model (default as for `grade gan`).
-        #[arg(long)]
-        inception: Option<PathBuf>,
-        /// Print nothing but errors.
-        #[arg(long, short)]
-        quiet: bool,
-    },
+    Batch(crate::tasks::batch::BatchArgs),
     /// Combine the reports of `grade batch --shard I/N` runs into one class report and scoreboard.
     Merge {
         /// Batch folders (or their class.json files).

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod data;
 pub mod diffusion;
 pub mod fixtures;
+pub mod graders;
 pub mod memory;
 pub mod metrics;
 pub mod nn;

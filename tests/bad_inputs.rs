@@ -645,6 +645,7 @@ fn load_stop_child() {
         extra: Default::default(),
         meta: Default::default(),
         budget: None,
+        spec: None,
         quiet: true,
     };
     let spec = gradekit::spec::GraderSpec::builtin("dann-mnistm-usps").unwrap();

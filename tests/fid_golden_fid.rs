@@ -1,4 +1,4 @@
-//! FID and stats against fixtures/fid/fid_golden.json (scripts/gen_golden_fid.py).
+//! FID and stats against fixtures/fid/fid_golden.json (scripts/reference/fid/gen_golden_fid.py).
 #[path = "fid_support/mod.rs"]
 mod common;
 

@@ -1,4 +1,4 @@
-//! KID against fixtures/fid/kid_golden.json (scripts/gen_golden_kid.py), using its explicit subsets.
+//! KID against fixtures/fid/kid_golden.json (scripts/reference/fid/gen_golden_kid.py), using its explicit subsets.
 #[path = "fid_support/mod.rs"]
 mod common;
 

@@ -1,4 +1,4 @@
-//! .npz stats files: numpy-written fixtures (scripts/gen_npz_fixtures.py), round trips, atomicity.
+//! .npz stats files: numpy-written fixtures (scripts/reference/fid/gen_npz_fixtures.py), round trips, atomicity.
 #[path = "fid_support/mod.rs"]
 mod common;
 

@@ -4,7 +4,7 @@
 //! function in place of a model, for several step counts: DDIM with and without x0 clipping as diffusers
 //! ships it (`clip_sample`, `use_clipped_model_output` left at its default False), DPM-Solver++ in
 //! diffusers' default configuration (no thresholding). The grader's clipped DPM-Solver++ projects the
-//! state onto the clipped x0, which diffusers has no setting for: src/diffusion/tests.rs checks it
+//! state onto the clipped x0, which diffusers has no setting for: src/diffusion/tests/sampling.rs checks it
 //! reduces to this clipped DDIM at first order and carries none of the clipped excess.
 
 mod common;

@@ -31,7 +31,7 @@ fn student(id: &str, acc: Option<f64>, grid: bool) -> StudentResult {
         status: if acc.is_some() { StudentStatus::Passed } else { StudentStatus::Error },
         seconds: 1.0,
         graders: vec![GraderResult {
-            grader: "ddpm".into(),
+            grader: gradekit::graders::Grader::Ddpm,
             submission: Some("ddpm.onnx".into()),
             status,
             exit_code: None,
@@ -88,7 +88,7 @@ fn browser_renders_the_scoreboard_and_sorts_it() {
     let mut report = ClassReport {
         tool: "gradekit".into(),
         tool_version: "test".into(),
-        graders: vec!["ddpm".into()],
+        graders: vec![gradekit::graders::Grader::Ddpm],
         shards: vec![],
         students: vec![
             student("ann", Some(0.81), true),

@@ -5,143 +5,30 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
-use gradekit::cli::{Cli, Command, OutputArgs, RuntimeArgs};
-use gradekit::report::ExtraReports;
-use gradekit::runtime::RuntimeOptions;
-use gradekit::spec::GraderSpec;
+use gradekit::cli::{run_options, Cli, Command};
 use gradekit::tasks::{self, RunOptions};
-
-fn run_options(rt: Option<&RuntimeArgs>, out: &OutputArgs) -> Result<RunOptions> {
-    Ok(RunOptions {
-        runtime: rt
-            .map(|r| RuntimeOptions { backend: r.backend, device: r.device, threads: r.threads, ort_opt: r.ort_opt })
-            .unwrap_or_default(),
-        batch: rt.and_then(|r| r.batch).unwrap_or(0),
-        out: out.out.clone(),
-        force: out.force,
-        extra: ExtraReports { json: out.json.clone(), junit: out.junit.clone(), markdown: out.markdown.clone() },
-        meta: tasks::parse_meta(rt.map(|r| r.meta.as_slice()).unwrap_or(&[]))?,
-        budget: out.budget,
-        quiet: out.quiet,
-    })
-}
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Dann { pair, model, data, split, resize, runtime, output } => {
-            let opts = run_options(Some(&runtime), &output)?;
-            let args = tasks::dann::DannArgs { pair, model, data, split, resize, spec: output.spec.clone() };
-            Ok(tasks::dann::run(&args, &opts)?.exit_code())
-        }
-        Command::Ddpm {
-            model,
-            classifier,
-            sampler,
-            steps,
-            guidance,
-            eta,
-            clip,
-            no_clip,
-            seed,
-            keep_going,
-            reference,
-            train,
-            runtime,
-            output,
-        } => {
-            let opts = run_options(Some(&runtime), &output)?;
-            let clip = if no_clip {
-                Some(false)
-            } else if clip {
-                Some(true)
-            } else {
-                None
-            };
-            let args = tasks::ddpm::DdpmArgs {
-                model,
-                classifier,
-                sampler,
-                steps,
-                guidance,
-                eta,
-                clip,
-                seed,
-                keep_going,
-                spec: output.spec.clone(),
-                reference,
-                train,
-            };
-            Ok(tasks::ddpm::run(&args, &opts)?.exit_code())
-        }
-        Command::Gan { model, reference, inception, seed, train, detector, runtime, output } => {
-            let opts = run_options(Some(&runtime), &output)?;
-            let args = tasks::gan::GanArgs { model, reference, inception, seed, train, detector, spec: output.spec.clone() };
-            Ok(tasks::gan::run(&args, &opts)?.exit_code())
-        }
-        Command::Fid { a, b, inception, json, runtime } => {
-            let rt =
-                RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
-            let v = tasks::gan::fid_folders(&a, &b, &inception, &rt, false)?;
-            // Say what was compared, as every grader's summary does.
-            println!("compared {} ({} images) with {} ({} images)", a.display(), v["n_a"], b.display(), v["n_b"]);
-            println!("inception: {}, backend: {}", v["inception"].as_str().unwrap_or("?"), v["backend"].as_str().unwrap_or("?"));
-            println!("FID: {}", v["fid"]);
-            if !v["kid"].is_null() {
-                println!("KID: {} (std {})", v["kid"], v["kid_std"]);
-            }
-            if let Some(p) = json {
-                gradekit::report::write_atomic(&p, serde_json::to_string_pretty(&v)?.as_bytes())?;
-            }
-            Ok(0)
-        }
-        Command::FidStats { dir, output, inception, runtime } => {
-            let rt =
-                RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
-            let s = tasks::gan::fid_stats(&dir, &output, &inception, &rt, false)?;
-            println!("wrote {} (statistics of {} images)", output.display(), s.n);
-            Ok(0)
-        }
-        Command::Faces { dir, detector, json } => {
-            let files = gradekit::data::images::list_images(&dir)?;
-            if files.is_empty() {
-                anyhow::bail!("{} holds no images", dir.display());
-            }
-            let mut det = gradekit::metrics::faces::make_detector(detector)?;
-            let r = {
-                let _faces = gradekit::memory::activity(format!("detecting faces in {}", dir.display()));
-                gradekit::metrics::faces::face_accuracy(&files, det.as_mut(), true)
-            };
-            println!(
-                "face accuracy {:.4}: {} of {} loaded images have exactly one face ({} none, {} several, {} unreadable) [{}]",
-                r.accuracy,
-                r.exactly_one,
-                r.loaded,
-                r.zero,
-                r.multiple,
-                r.unreadable.len(),
-                r.detector
-            );
-            if let Some(p) = json {
-                gradekit::report::write_atomic(&p, serde_json::to_string_pretty(&r)?.as_bytes())?;
-            }
-            Ok(0)
-        }
+        Command::Dann { args, runtime, output } => Ok(tasks::dann::run(&args, &run_options(Some(&runtime), &output)?)?.exit_code()),
+        Command::Ddpm { args, runtime, output } => Ok(tasks::ddpm::run(&args, &run_options(Some(&runtime), &output)?)?.exit_code()),
+        Command::Gan { args, runtime, output } => Ok(tasks::gan::run(&args, &run_options(Some(&runtime), &output)?)?.exit_code()),
+        Command::Fid { a, b, inception, json, runtime } => tasks::folders::fid(&a, &b, &inception, json.as_deref(), &runtime.options()),
+        Command::FidStats { dir, output, inception, runtime } => tasks::folders::fid_stats(&dir, &output, &inception, &runtime.options()),
+        Command::Faces { dir, detector, json } => tasks::folders::faces(&dir, detector, json.as_deref()),
         Command::Digits { dir, classifier, resize, runtime, output } => {
             let opts = run_options(Some(&runtime), &output)?;
             let bundled = classifier.is_none();
-            let classifier = classifier.unwrap_or_else(|| tasks::rel_or_root(tasks::digits::DEFAULT_JUDGE));
+            let classifier = match classifier {
+                Some(c) => c,
+                None => tasks::digits::default_judge()?,
+            };
             Ok(tasks::digits::run(&dir, &classifier, bundled, resize, &opts)?.exit_code())
         }
-        Command::Csv { predictions, labels, grader, output } => {
-            let opts = run_options(None, &output)?;
-            let args = tasks::csv_grade::CsvArgs { predictions, labels, grader, spec: output.spec.clone() };
-            Ok(tasks::csv_grade::run(&args, &opts)?.exit_code())
-        }
+        Command::Csv { args, output } => Ok(tasks::csv_grade::run(&args, &run_options(None, &output)?)?.exit_code()),
         Command::Check { model, kind, runtime, json, timeout } => {
-            let opts =
-                RuntimeOptions { backend: runtime.backend, device: runtime.device, threads: runtime.threads, ort_opt: runtime.ort_opt };
             let meta = tasks::parse_meta(&runtime.meta)?;
-            let report = tasks::check::run_bounded(&model, kind, &meta, &opts, timeout)?;
+            let report = tasks::check::run_bounded(&model, kind, &meta, &runtime.options(), timeout)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -163,36 +50,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Batch {
-            submissions,
-            out,
-            force,
-            shard,
-            graders,
-            data,
-            grader_args,
-            student_memory,
-            grace,
-            timeout,
-            jobs,
-            inception,
-            quiet,
-        } => {
-            let args = tasks::batch::BatchArgs {
-                submissions,
-                out,
-                force,
-                shard,
-                graders,
-                data,
-                grader_args,
-                student_memory,
-                grace,
-                timeout,
-                jobs,
-                inception,
-                quiet,
-            };
+        Command::Batch(args) => {
             let report = tasks::batch::run(&args)?;
             let (_, failed, errors) = report.counts();
             Ok(if failed + errors == 0 { 0 } else { 1 })
@@ -216,17 +74,8 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(if f + e == 0 { 0 } else { 1 })
         }
         Command::Fingerprint { model, kind, val, output, runtime } => {
-            let opts = RunOptions {
-                runtime: RuntimeOptions {
-                    backend: runtime.backend,
-                    device: runtime.device,
-                    threads: runtime.threads,
-                    ort_opt: runtime.ort_opt,
-                },
-                meta: tasks::parse_meta(&runtime.meta)?,
-                quiet: true,
-                ..Default::default()
-            };
+            let opts =
+                RunOptions { runtime: runtime.options(), meta: tasks::parse_meta(&runtime.meta)?, quiet: true, ..Default::default() };
             let fp = tasks::batch::similarity::fingerprint(&model, kind, val.as_deref(), &opts)?;
             gradekit::report::write_atomic(&output, serde_json::to_string(&fp)?.as_bytes())?;
             Ok(0)
@@ -252,18 +101,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Graders => {
-            for name in GraderSpec::names() {
-                let s = GraderSpec::builtin(name)?;
-                let b: Vec<String> = s
-                    .baselines
-                    .iter()
-                    .map(|b| match b.strong {
-                        Some(st) => format!("{} simple {} strong {}", b.metric, b.simple, st),
-                        None => format!("{} simple {}", b.metric, b.simple),
-                    })
-                    .collect();
-                println!("{name:<18} budget {:>5.0}s  {}  ({})", s.budget.seconds, b.join("; "), s.title);
-            }
+            print!("{}", gradekit::graders::listing()?);
             Ok(0)
         }
         Command::MakeFixtures { out } => {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics::interval::{self, Interval};
 use crate::runtime::EngineInfo;
@@ -17,7 +17,7 @@ pub mod sanitize;
 
 pub use output_dir::OutputDir;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     /// Every baseline metric reached at least the simple baseline, within the budget.
@@ -28,7 +28,12 @@ pub enum Status {
     OverBudget,
 }
 
-#[derive(Debug, Clone, Serialize)]
+fn lenient_interval<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Interval>, D::Error> {
+    Ok(serde_json::from_value(serde_json::Value::deserialize(d)?).ok())
+}
+
+/// One metric of a report; `grade batch` reads its children's `report.json` back as these.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricRow {
     pub name: String,
     /// `None`: not computed (the report says why in `notes`).
@@ -38,11 +43,12 @@ pub struct MetricRow {
     pub higher_is_better: bool,
     pub verdict: Option<Verdict>,
     /// 95% confidence interval (Wilson for accuracies, bootstrap for FID) when one was computed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Read back leniently: a bound that was not finite is written as null, and reads as no interval.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient_interval")]
     pub interval: Option<Interval>,
     /// The baselines ("simple", "strong") that lie inside the interval: the verdict against them is
     /// within noise, and another draw of images could land on the other side.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub within_noise_of: Vec<String>,
 }
 
@@ -73,8 +79,9 @@ impl Report {
     pub fn new(grader: &GraderSpec) -> Report {
         let mut versions = BTreeMap::new();
         versions.insert("gradekit".into(), env!("CARGO_PKG_VERSION").into());
-        versions.insert("tract-onnx".into(), "0.23.9".into());
-        versions.insert("ort".into(), "2.0.0-rc.15".into());
+        // Read from Cargo.lock by build.rs.
+        versions.insert("tract-onnx".into(), env!("GRADEKIT_TRACT_VERSION").into());
+        versions.insert("ort".into(), env!("GRADEKIT_ORT_VERSION").into());
         Report {
             tool: "gradekit".into(),
             tool_version: env!("CARGO_PKG_VERSION").into(),

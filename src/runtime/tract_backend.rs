@@ -116,8 +116,8 @@ impl TractEngine {
             info: EngineInfo {
                 backend: "tract",
                 device,
-                version: "0.23.9".into(),
-                library: (device == Device::Cuda).then(|| "tract-cuda 0.23.9".to_string()),
+                version: env!("GRADEKIT_TRACT_VERSION").into(),
+                library: (device == Device::Cuda).then(|| format!("tract-cuda {}", env!("GRADEKIT_TRACT_VERSION"))),
             },
             path,
             // On CUDA a batch runs whole: the GPU is the parallelism.

@@ -12,12 +12,17 @@ use crate::metrics::accuracy::AccuracyCounter;
 use crate::report::Report;
 use crate::spec::GraderSpec;
 
+/// `grade csv`'s own flags (the output ones are in [`RunOptions`]).
+#[derive(clap::Args, Debug, Clone)]
 pub struct CsvArgs {
+    /// The predictions.
     pub predictions: PathBuf,
+    /// The true labels (e.g. hw2_data/digits/usps/val.csv).
+    #[arg(long)]
     pub labels: PathBuf,
-    /// Grader whose baselines apply (a DANN grader).
+    /// Grader whose baselines apply.
+    #[arg(long, default_value = "dann-mnistm-usps")]
     pub grader: String,
-    pub spec: Option<PathBuf>,
 }
 
 fn list(names: &[String]) -> String {
@@ -26,7 +31,7 @@ fn list(names: &[String]) -> String {
 }
 
 pub fn run(args: &CsvArgs, opts: &RunOptions) -> Result<Report> {
-    let spec = GraderSpec::load(&args.grader, args.spec.as_deref())?;
+    let spec = GraderSpec::load(&args.grader, opts.spec.as_deref())?;
     let labels = read_label_csv(&args.labels, 10)?;
     let preds = read_label_csv(&args.predictions, 10)?;
     let truth: HashMap<&str, u8> = labels.iter().map(|r| (r.image.as_str(), r.label)).collect();

@@ -31,24 +31,34 @@ impl Pair {
     }
 }
 
+/// `grade dann`'s own flags (the runtime and output ones are in [`RunOptions`]).
+#[derive(clap::Args, Debug, Clone)]
 pub struct DannArgs {
+    /// Source -> target pair.
+    #[arg(long, value_enum)]
     pub pair: Pair,
-    /// `None`: the grader spec's bundled model (`data.model`).
+    /// The model (image -> logits), see graders/CONTRACT.md (default: the bundled DANN of the pair, models/README.md).
+    #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Target digit folder (data/*.png + train.csv/val.csv); default from the grader spec.
+    #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Split to grade (default from the grader spec: val).
+    #[arg(long)]
     pub split: Option<String>,
+    /// Resize images of another size instead of refusing them.
+    #[arg(long)]
     pub resize: bool,
-    pub spec: Option<PathBuf>,
 }
 
 pub fn run(args: &DannArgs, opts: &RunOptions) -> Result<Report> {
-    let spec = GraderSpec::load(args.pair.grader(), args.spec.as_deref())?;
-    let data_dir = args.data.clone().map(Ok).unwrap_or_else(|| spec.data_str("dir").map(PathBuf::from))?;
+    let spec = GraderSpec::load(args.pair.grader(), opts.spec.as_deref())?;
+    let data_dir = args.data.clone().map(Ok).unwrap_or_else(|| spec.data_str("dir", &spec.data.dir).map(PathBuf::from))?;
     let split = match &args.split {
         Some(s) => s.clone(),
-        None => spec.data_str("split")?.to_string(),
+        None => spec.data_str("split", &spec.data.split)?.to_string(),
     };
-    let size = spec.data_int("image_size")? as u32;
+    let size = spec.data_int("image_size", spec.data.image_size)? as u32;
     let deadline = crate::budget::Deadline::start(opts.budget.unwrap_or(spec.budget()));
     let load_stop = opts.arm_load_stop(deadline, &spec);
 

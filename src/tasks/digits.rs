@@ -52,8 +52,12 @@ pub fn digits_folder_labels(dir: &Path) -> Result<Vec<(PathBuf, u8)>> {
     Ok(out)
 }
 
-/// The bundled digit judge (models/README.md): the course's LeNet trained on MNIST-M by `train classifier`.
-pub const DEFAULT_JUDGE: &str = "models/digit-judge-lenet.onnx";
+/// The bundled digit judge (models/README.md): the course's LeNet trained on MNIST-M by `train
+/// classifier`, named once, as `[data] judge` in graders/ddpm.toml.
+pub fn default_judge() -> Result<std::path::PathBuf> {
+    let spec = GraderSpec::builtin("ddpm")?;
+    Ok(super::rel_or_root(spec.data_str("judge", &spec.data.judge)?))
+}
 
 pub fn run(dir: &Path, classifier: &Path, bundled: bool, resize: bool, opts: &RunOptions) -> Result<Report> {
     let spec = GraderSpec::load("ddpm", None)?;

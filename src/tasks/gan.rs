@@ -24,17 +24,28 @@ use crate::report::{Report, Status};
 use crate::runtime::{self, Engine, Input, RuntimeOptions};
 use crate::spec::GraderSpec;
 
+/// `grade gan`'s own flags (the runtime and output ones are in [`RunOptions`]).
+#[derive(clap::Args, Debug, Clone)]
 pub struct GanArgs {
-    /// None: the grader's bundled model (`[data] model` in graders/gan.toml).
+    /// The generator (latent -> image), see graders/CONTRACT.md (default: the bundled face DCGAN, models/README.md).
+    #[arg(long)]
     pub model: Option<PathBuf>,
-    /// A folder of reference faces, or a `.npz` of statistics from `grade fid-stats`.
+    /// Reference faces: a folder, or a .npz from `grade fid-stats` (default from graders/gan.toml).
+    #[arg(long)]
     pub reference: Option<PathBuf>,
+    /// The FID Inception model (default: GRADEKIT_INCEPTION, else the one scripts/install-fid-weights.sh installs; GRADEKIT_INCEPTION=off skips FID).
+    #[arg(long)]
     pub inception: Option<PathBuf>,
+    /// Seed of the latents.
+    #[arg(long)]
     pub seed: Option<u64>,
-    pub detector: faces::DetectorKind,
-    pub spec: Option<PathBuf>,
-    /// Training faces for the memorisation check (`--train`; `off` skips it).
+    /// Training faces for the memorisation check (a folder, or a feature file a batch cached); `off`
+    /// skips it (default from graders/gan.toml: data/hw2_data/face/train, skipped with a note when absent).
+    #[arg(long)]
     pub train: Option<PathBuf>,
+    /// Face detector for face accuracy.
+    #[arg(long, value_enum, default_value_t = crate::metrics::faces::DetectorKind::Rustface)]
+    pub detector: crate::metrics::faces::DetectorKind,
 }
 
 /// The Inception model to use, or an error that says how to install one (`grade fid`, `grade fid-stats`).
@@ -167,13 +178,14 @@ pub fn reference_stats(reference: &Path, net: &mut InceptionNet, quiet: bool) ->
 }
 
 pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
-    let spec = GraderSpec::load("gan", args.spec.as_deref())?;
+    let spec = GraderSpec::load("gan", opts.spec.as_deref())?;
     let deadline = crate::budget::Deadline::start(opts.budget.unwrap_or(spec.budget()));
     let load_stop = opts.arm_load_stop(deadline, &spec);
-    let count = spec.data_int("images")? as usize;
-    let seed = args.seed.unwrap_or(spec.sampling.get("seed").and_then(|v| v.as_integer()).unwrap_or(0) as u64);
-    let batch = if opts.batch > 0 { opts.batch } else { spec.sampling.get("batch").and_then(|v| v.as_integer()).unwrap_or(100) as usize };
-    let reference = args.reference.clone().map(Ok).unwrap_or_else(|| spec.data_str("reference").map(PathBuf::from))?;
+    let count = spec.data_int("images", spec.data.images)?;
+    let seed = args.seed.unwrap_or(spec.sampling.seed.unwrap_or(0) as u64);
+    let batch = if opts.batch > 0 { opts.batch } else { spec.sampling.batch.unwrap_or(100) as usize };
+    let reference =
+        args.reference.clone().map(Ok).unwrap_or_else(|| spec.data_str("reference", &spec.data.reference).map(PathBuf::from))?;
 
     // Before generating: a wrong installed model is an error the user should see at once.
     let inception = locate_inception(&args.inception)?;
@@ -262,7 +274,7 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
             let f = fid::frechet_distance(&ours, &theirs)?;
             report.notes.extend(f.warnings.iter().cloned());
             fid_value = Some(f.value);
-            let reps = spec.sampling.get("fid_bootstrap").and_then(|v| v.as_integer()).unwrap_or(100).max(0) as usize;
+            let reps = spec.sampling.fid_bootstrap.unwrap_or(100).max(0) as usize;
             if reps > 0 && images.len() >= 2 {
                 let t = Instant::now();
                 let b = crate::metrics::fid_bootstrap::fid_bootstrap(&feats, images.len(), 2048, &theirs, reps, seed, 0.95)?;

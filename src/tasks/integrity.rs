@@ -21,7 +21,7 @@ pub fn train_source(flag: &Option<PathBuf>, spec: &crate::spec::GraderSpec) -> O
         Some(p) => Some(p.clone()),
         // From the current folder, as `grade gan`'s reference faces (a grader run elsewhere, a test in a
         // scratch folder, does not pay for the training set's features).
-        None => spec.data.get("train").and_then(|v| v.as_str()).map(PathBuf::from),
+        None => spec.data.train.as_deref().map(PathBuf::from),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod dann;
 pub mod ddpm;
 pub mod ddpm_quality;
 pub mod digits;
+pub mod folders;
 pub mod gan;
 pub mod integrity;
 
@@ -33,6 +34,8 @@ pub struct RunOptions {
     pub meta: BTreeMap<String, String>,
     /// Overrides the grader's time budget.
     pub budget: Option<std::time::Duration>,
+    /// `--spec FILE`: a grader spec to use instead of the built-in one.
+    pub spec: Option<PathBuf>,
     pub quiet: bool,
 }
 
@@ -89,7 +92,7 @@ pub fn parse_meta(pairs: &[String]) -> Result<BTreeMap<String, String>> {
 pub fn given_or_bundled(given: &Option<PathBuf>, spec: &crate::spec::GraderSpec, example: &str) -> Result<(PathBuf, bool)> {
     match given {
         Some(m) => Ok((m.clone(), false)),
-        None => match spec.data.get("model").and_then(|v| v.as_str()) {
+        None => match spec.data.model.as_deref() {
             Some(m) => Ok((rel_or_root(m), true)),
             None => bail!("grader {} has no bundled model: pass --model {example}", spec.name),
         },

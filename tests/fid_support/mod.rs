@@ -1,4 +1,4 @@
-//! Shared test helpers: the feature generator of scripts/featgen.py and golden-file access.
+//! Shared test helpers: the feature generator of scripts/reference/fid/featgen.py and golden-file access.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ pub fn data_path(name: &str) -> PathBuf {
 }
 
 pub fn golden(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(data_path(name)).expect("golden file (run scripts/gen_golden_*.py)");
+    let text = std::fs::read_to_string(data_path(name)).expect("golden file (run scripts/reference/fid/gen_golden_*.py)");
     serde_json::from_str(&text).expect("valid JSON")
 }
 

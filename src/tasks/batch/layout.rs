@@ -8,23 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use walkdir::WalkDir;
 
+use crate::graders::Grader;
 use crate::report::sanitize;
 
-/// The graders `grade batch` knows, in scoreboard order, with the files that feed them.
-pub const GRADERS: &[GraderFiles] = &[
-    GraderFiles { grader: "gan", onnx: "gan.onnx", csv: None },
-    GraderFiles { grader: "ddpm", onnx: "ddpm.onnx", csv: None },
-    GraderFiles { grader: "dann-mnistm-svhn", onnx: "dann-svhn.onnx", csv: Some("dann-svhn.csv") },
-    GraderFiles { grader: "dann-mnistm-usps", onnx: "dann-usps.onnx", csv: Some("dann-usps.csv") },
-];
-
-pub struct GraderFiles {
-    pub grader: &'static str,
-    /// The model file: graded by running it.
-    pub onnx: &'static str,
-    /// Predictions already made (image_name,label): graded against the split's labels when no model is given.
-    pub csv: Option<&'static str>,
-}
+/// The graders `grade batch` knows, in scoreboard order, with the files that feed them (`onnx`, `csv`).
+pub use crate::graders::GRADERS;
 
 /// What one student handed in for one grader.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +35,7 @@ pub struct Student {
     pub id: String,
     pub dir: PathBuf,
     /// (grader, submission) for every grader file found.
-    pub submissions: Vec<(&'static str, Submission)>,
+    pub submissions: Vec<(Grader, Submission)>,
     /// Set when the folder itself is refused (a symlink, an unusable name); nothing is graded then.
     pub refused: Option<String>,
 }
@@ -102,7 +90,7 @@ pub fn discover(root: &Path) -> Result<Vec<Student>> {
 /// with one link: a symlink could point outside the submission, and so could a hard link (another
 /// student's file, the course data), which is indistinguishable from the file itself once made. A
 /// FIFO, socket or device is refused too. Any of these refuses the whole submission.
-fn scan_student(dir: &Path) -> Result<Vec<(&'static str, Submission)>> {
+fn scan_student(dir: &Path) -> Result<Vec<(Grader, Submission)>> {
     use std::os::unix::fs::MetadataExt;
     for entry in WalkDir::new(dir).min_depth(1).max_depth(8).follow_links(false) {
         let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
@@ -141,11 +129,10 @@ fn scan_student(dir: &Path) -> Result<Vec<(&'static str, Submission)>> {
 }
 
 /// The file names that feed `grader`, for "missing" messages.
-pub fn expected_files(grader: &str) -> String {
-    match GRADERS.iter().find(|g| g.grader == grader) {
-        Some(GraderFiles { onnx, csv: Some(c), .. }) => format!("{onnx} or {c}"),
-        Some(g) => g.onnx.to_string(),
-        None => "?".into(),
+pub fn expected_files(grader: Grader) -> String {
+    match grader.info() {
+        crate::graders::GraderInfo { onnx, csv: Some(c), .. } => format!("{onnx} or {c}"),
+        g => g.onnx.to_string(),
     }
 }
 
@@ -181,9 +168,9 @@ mod tests {
         let ids: Vec<&str> = s.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(ids, ["alice", "bob", "carol", "dave"]);
         assert_eq!(s[0].submissions.len(), 2);
-        assert!(matches!(s[0].submissions[1], ("dann-mnistm-usps", Submission::Csv(_))));
+        assert!(matches!(s[0].submissions[1], (Grader::DannMnistmUsps, Submission::Csv(_))));
         // A model wins over a CSV for the same grader.
-        assert!(matches!(s[1].submissions[..], [("dann-mnistm-usps", Submission::Onnx(_))]));
+        assert!(matches!(s[1].submissions[..], [(Grader::DannMnistmUsps, Submission::Onnx(_))]));
         assert!(s[2].refused.as_deref().unwrap().contains("symbolic link"), "{:?}", s[2].refused);
         assert!(s[3].refused.as_deref().unwrap().contains("symbolic link"));
         assert!(discover(&root.join("nope")).is_err());

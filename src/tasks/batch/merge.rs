@@ -73,7 +73,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path, force: bool) -> Result<MergeOutcome
             // Bring the pictures and the copy-detection fingerprints along so the merged folder stands
             // alone (pairs between shards are found from the fingerprints when it is written).
             for g in &s.graders {
-                let fp = super::similarity::fingerprint_rel(&s.id, &g.grader);
+                let fp = super::similarity::fingerprint_rel(&s.id, g.grader.name());
                 for rel in g.grid.iter().chain(std::iter::once(&fp)) {
                     if let Ok(bytes) = std::fs::read(dir.join(rel)) {
                         dest.write(rel, &bytes)?;

@@ -25,7 +25,7 @@ fn metric_columns(r: &ClassReport) -> Vec<(String, Vec<String>)> {
                     }
                 }
             }
-            (g.clone(), names)
+            (g.name().to_string(), names)
         })
         .collect()
 }
@@ -52,7 +52,7 @@ pub fn csv(r: &ClassReport) -> Result<String> {
     for s in &r.students {
         let mut row = vec![s.id.clone(), s.status.label().into(), format!("{:.1}", s.seconds), s.error.clone().unwrap_or_default()];
         for (g, names) in &cols {
-            let gr = s.graders.iter().find(|x| &x.grader == g);
+            let gr = s.graders.iter().find(|x| x.grader.name() == g);
             row.push(gr.map(|x| x.status.label().to_string()).unwrap_or_default());
             for name in names {
                 let m = gr.and_then(|x| x.metrics.iter().find(|m| &m.name == name));
@@ -138,7 +138,7 @@ pub fn html(r: &ClassReport, root: &Path) -> Result<String> {
          Intervals are 95% (Wilson for accuracies, bootstrap for FID); a verdict marked \"within noise\" has a baseline inside its interval. \
          Click a column to sort.</p>",
         r.students.len(),
-        esc(&r.graders.join(", "))
+        esc(&r.graders.iter().map(|g| g.name()).collect::<Vec<_>>().join(", "))
     )?;
     h.push_str("<table id=\"scores\"><thead><tr><th data-col=\"student\">student</th><th data-col=\"status\">status</th>");
     for (g, names) in &cols {
@@ -155,7 +155,7 @@ pub fn html(r: &ClassReport, root: &Path) -> Result<String> {
         write!(h, "<tr id=\"student-{0}\"><td data-v=\"{0}\">{0}</td><td data-v=\"{1}\" class=\"{1}\">{1}</td>", esc(&s.id), st)?;
         let mut problems: Vec<String> = s.error.iter().cloned().collect();
         for (g, names) in &cols {
-            let gr = s.graders.iter().find(|x| &x.grader == g);
+            let gr = s.graders.iter().find(|x| x.grader.name() == g);
             if let Some(gr) = gr {
                 if let Some(e) = &gr.error {
                     if s.error.as_deref() != Some(e.as_str()) {

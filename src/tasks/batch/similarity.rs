@@ -404,10 +404,10 @@ pub fn load_fingerprints(root: &Path, report: &ClassReport) -> Vec<(String, Stri
     let mut v = vec![];
     for s in &report.students {
         for g in &s.graders {
-            let p: PathBuf = root.join(fingerprint_rel(&s.id, &g.grader));
+            let p: PathBuf = root.join(fingerprint_rel(&s.id, g.grader.name()));
             if let Ok(bytes) = std::fs::read(&p) {
                 if let Ok(f) = serde_json::from_slice::<Fingerprint>(&bytes) {
-                    v.push((s.id.clone(), g.grader.clone(), f));
+                    v.push((s.id.clone(), g.grader.name().to_string(), f));
                 }
             }
         }
