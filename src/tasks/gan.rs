@@ -206,35 +206,15 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
     partial.metric("face_accuracy", None);
     drop(load_stop);
     let hard_stop = crate::report::arm_hard_stop(deadline, partial, out.root(), &opts.extra);
-    // Generation under the budget (checked between batches).
+    // Generate under the budget (checked between batches).
     let images_dir = out.subdir("images")?;
-    let pb = crate::progress::bar(count as u64, "generating");
-    if opts.quiet {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let t_gen = Instant::now();
-    let mut images: Vec<RgbImage> = Vec::with_capacity(count);
-    let mut non_finite = 0;
-    while images.len() < count {
-        if deadline.exceeded() {
-            report.status = Status::OverBudget;
-            report.notes.push(format!(
-                "stopped at the {:.0} s budget after {} of {count} images",
-                deadline.budget().as_secs_f64(),
-                images.len()
-            ));
-            break;
-        }
-        let n = batch.min(count - images.len());
-        let (imgs, bad) = gen.generate(seed, images.len() as u64, n)?;
-        non_finite += bad;
-        images.extend(imgs);
-        pb.inc(n as u64);
-    }
-    pb.finish_and_clear();
+    let Faces { images, non_finite, seconds: gen_s, stop_note } = generate_faces(&mut gen, count, batch, seed, deadline, opts.quiet)?;
     // The budget covers the student's generation, not the grader's own FID and face detection.
     drop(hard_stop);
-    let gen_s = t_gen.elapsed().as_secs_f64();
+    if let Some(n) = stop_note {
+        report.status = Status::OverBudget;
+        report.notes.push(n);
+    }
     if non_finite > 0 {
         report.notes.push(format!("the generator produced {non_finite} NaN/Inf pixel values (saved as 0)"));
     }
@@ -246,58 +226,11 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
         out.write("grid.png", &pictures::png_bytes(&pictures::grid(&images[..k], 8, 2, 1))?)?;
     }
 
-    // FID and KID.
+    // Score: FID, KID and memorisation on Inception features, then the course's face rule.
     let t_fid = Instant::now();
-    let mut fid_value = None;
-    let mut kid_value = None;
-    let mut fid_interval = None;
-    let mut memorised = None;
     let train = super::integrity::train_source(&args.train, &spec);
-    match inception {
-        Err(why) => report.notes.push(format!("FID and KID not computed: {why}")),
-        Ok(p) if images.is_empty() => report.notes.push(format!("FID not computed: no image was generated ({})", p.display())),
-        Ok(p) => {
-            report.inputs.insert("inception".into(), p.display().to_string());
-            let mut net = InceptionNet::open(&p, &opts.runtime, 50)?;
-            let pb = crate::progress::bar(images.len() as u64, "inception");
-            if opts.quiet {
-                pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            let mut feats = Vec::with_capacity(images.len() * 2048);
-            for chunk in images.chunks(net.batch) {
-                feats.extend(net.features(chunk)?);
-                pb.inc(chunk.len() as u64);
-            }
-            pb.finish_and_clear();
-            let ours = fid::stats_from_features(&feats, images.len(), 2048)?;
-            let (theirs, ref_feats) = reference_stats(&reference, &mut net, opts.quiet)?;
-            let f = fid::frechet_distance(&ours, &theirs)?;
-            report.notes.extend(f.warnings.iter().cloned());
-            fid_value = Some(f.value);
-            let reps = spec.sampling.fid_bootstrap.unwrap_or(100).max(0) as usize;
-            if reps > 0 && images.len() >= 2 {
-                let t = Instant::now();
-                let b = crate::metrics::fid_bootstrap::fid_bootstrap(&feats, images.len(), 2048, &theirs, reps, seed, 0.95)?;
-                report.notes.push(format!(
-                    "FID interval: {reps} bootstrap resamples of the generated images; resampled FIDs ran {:.2} higher on average (the sample-size bias), taken out of the interval",
-                    b.bias
-                ));
-                fid_interval = Some(b.interval);
-                report.timings.insert("fid_bootstrap".into(), t.elapsed().as_secs_f64());
-                report.counts.insert("fid_bootstrap_resamples".into(), reps as u64);
-            }
-            match ref_feats {
-                Some((rf, rn)) => {
-                    let k = kid::kid(&feats, images.len(), &rf, rn, 2048, &kid::KidConfig::default())?;
-                    report.notes.extend(k.warnings.iter().cloned());
-                    kid_value = Some(k.mean);
-                    report.counts.insert("kid_subset_size".into(), k.subset_size as u64);
-                }
-                None => report.notes.push("KID not computed: it needs the reference images, not only their statistics".into()),
-            }
-            memorised = super::integrity::gan_memorisation(train.as_deref(), &p, &mut net, &feats, &images, &out, opts.quiet, &mut report)?;
-        }
-    }
+    let InceptionScores { fid: fid_value, kid: kid_value, fid_interval, memorised } =
+        inception_scores(&images, inception, &reference, train.as_deref(), &spec, seed, &out, opts, &mut report)?;
     let fid_s = t_fid.elapsed().as_secs_f64();
 
     // Face accuracy with the course's rule.
@@ -336,6 +269,120 @@ pub fn run(args: &GanArgs, opts: &RunOptions) -> Result<Report> {
         println!("wrote {} (images/, grid.png, report.json, junit.xml, summary.md)", out.root().display());
     }
     Ok(report)
+}
+
+/// What the generation phase made.
+struct Faces {
+    images: Vec<RgbImage>,
+    /// NaN/Inf pixel values the generator produced (saved as 0).
+    non_finite: usize,
+    seconds: f64,
+    /// Set when the budget stopped the run.
+    stop_note: Option<String>,
+}
+
+/// Generates `count` faces from the seeded latents in batches, stopping at the deadline.
+fn generate_faces(
+    gen: &mut Generator,
+    count: usize,
+    batch: usize,
+    seed: u64,
+    deadline: crate::budget::Deadline,
+    quiet: bool,
+) -> Result<Faces> {
+    let pb = crate::progress::bar(count as u64, "generating");
+    if quiet {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let t_gen = Instant::now();
+    let mut images: Vec<RgbImage> = Vec::with_capacity(count);
+    let mut non_finite = 0;
+    let mut stop_note = None;
+    while images.len() < count {
+        if deadline.exceeded() {
+            stop_note =
+                Some(format!("stopped at the {:.0} s budget after {} of {count} images", deadline.budget().as_secs_f64(), images.len()));
+            break;
+        }
+        let n = batch.min(count - images.len());
+        let (imgs, bad) = gen.generate(seed, images.len() as u64, n)?;
+        non_finite += bad;
+        images.extend(imgs);
+        pb.inc(n as u64);
+    }
+    pb.finish_and_clear();
+    Ok(Faces { images, non_finite, seconds: t_gen.elapsed().as_secs_f64(), stop_note })
+}
+
+/// The Inception-feature scores of the generated faces; `None` where not computed (the report says why).
+struct InceptionScores {
+    fid: Option<f64>,
+    kid: Option<f64>,
+    fid_interval: Option<crate::metrics::interval::Interval>,
+    memorised: Option<(crate::metrics::memorisation::Memorisation, serde_json::Value)>,
+}
+
+/// FID (with its bootstrap interval), KID and memorisation of `images` against the reference and
+/// training faces; notes, inputs, counts and timings go into `report`.
+#[allow(clippy::too_many_arguments)]
+fn inception_scores(
+    images: &[RgbImage],
+    inception: std::result::Result<PathBuf, String>,
+    reference: &Path,
+    train: Option<&Path>,
+    spec: &GraderSpec,
+    seed: u64,
+    out: &crate::report::OutputDir,
+    opts: &RunOptions,
+    report: &mut Report,
+) -> Result<InceptionScores> {
+    let mut scores = InceptionScores { fid: None, kid: None, fid_interval: None, memorised: None };
+    match inception {
+        Err(why) => report.notes.push(format!("FID and KID not computed: {why}")),
+        Ok(p) if images.is_empty() => report.notes.push(format!("FID not computed: no image was generated ({})", p.display())),
+        Ok(p) => {
+            report.inputs.insert("inception".into(), p.display().to_string());
+            let mut net = InceptionNet::open(&p, &opts.runtime, 50)?;
+            let pb = crate::progress::bar(images.len() as u64, "inception");
+            if opts.quiet {
+                pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let mut feats = Vec::with_capacity(images.len() * 2048);
+            for chunk in images.chunks(net.batch) {
+                feats.extend(net.features(chunk)?);
+                pb.inc(chunk.len() as u64);
+            }
+            pb.finish_and_clear();
+            let ours = fid::stats_from_features(&feats, images.len(), 2048)?;
+            let (theirs, ref_feats) = reference_stats(&reference, &mut net, opts.quiet)?;
+            let f = fid::frechet_distance(&ours, &theirs)?;
+            report.notes.extend(f.warnings.iter().cloned());
+            scores.fid = Some(f.value);
+            let reps = spec.sampling.fid_bootstrap.unwrap_or(100).max(0) as usize;
+            if reps > 0 && images.len() >= 2 {
+                let t = Instant::now();
+                let b = crate::metrics::fid_bootstrap::fid_bootstrap(&feats, images.len(), 2048, &theirs, reps, seed, 0.95)?;
+                report.notes.push(format!(
+                    "FID interval: {reps} bootstrap resamples of the generated images; resampled FIDs ran {:.2} higher on average (the sample-size bias), taken out of the interval",
+                    b.bias
+                ));
+                scores.fid_interval = Some(b.interval);
+                report.timings.insert("fid_bootstrap".into(), t.elapsed().as_secs_f64());
+                report.counts.insert("fid_bootstrap_resamples".into(), reps as u64);
+            }
+            match ref_feats {
+                Some((rf, rn)) => {
+                    let k = kid::kid(&feats, images.len(), &rf, rn, 2048, &kid::KidConfig::default())?;
+                    report.notes.extend(k.warnings.iter().cloned());
+                    scores.kid = Some(k.mean);
+                    report.counts.insert("kid_subset_size".into(), k.subset_size as u64);
+                }
+                None => report.notes.push("KID not computed: it needs the reference images, not only their statistics".into()),
+            }
+            scores.memorised = super::integrity::gan_memorisation(train, &p, &mut net, &feats, images, out, opts.quiet, report)?;
+        }
+    }
+    Ok(scores)
 }
 
 /// `grade fid-stats DIR -o stats.npz`.
