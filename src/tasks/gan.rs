@@ -354,7 +354,7 @@ fn inception_scores(
             }
             pb.finish_and_clear();
             let ours = fid::stats_from_features(&feats, images.len(), 2048)?;
-            let (theirs, ref_feats) = reference_stats(&reference, &mut net, opts.quiet)?;
+            let (theirs, ref_feats) = reference_stats(reference, &mut net, opts.quiet)?;
             let f = fid::frechet_distance(&ours, &theirs)?;
             report.notes.extend(f.warnings.iter().cloned());
             scores.fid = Some(f.value);
