@@ -115,11 +115,9 @@ fn run_grader(
     let exe = std::env::current_exe().context("cannot find the grade binary to run")?;
     let mut cmd = Command::new(exe);
     cmd.arg("--memory-limit").arg(args.student_memory.to_string());
-    let data_dir = |key: &str, value: &Option<String>| -> Result<PathBuf> {
-        let d = spec.data_str(key, value)?;
-        // The spec names data/hw2_data/...; --data replaces the data/hw2_data part.
-        Ok(args.data.join(Path::new(d).strip_prefix("data/hw2_data").unwrap_or(Path::new(d))))
-    };
+    // The spec names data/hw2_data/...; --data replaces the data/hw2_data part.
+    let under_data = |d: &str| args.data.join(Path::new(d).strip_prefix("data/hw2_data").unwrap_or(Path::new(d)));
+    let data_dir = |key: &str, value: &Option<String>| -> Result<PathBuf> { Ok(under_data(spec.data_str(key, value)?)) };
     match (id, sub) {
         (Grader::Gan, Submission::Onnx(p)) => {
             cmd.arg(id.info().subcommand).arg("--model").arg(p).arg("--reference");
@@ -145,8 +143,7 @@ fn run_grader(
             for (flag, dir) in
                 [("--reference", spec.quality.as_ref().and_then(|q| q.reference.clone())), ("--train", spec.data.train.clone())]
             {
-                let dir = dir.map(|d| args.data.join(Path::new(&d).strip_prefix("data/hw2_data").unwrap_or(Path::new(&d))));
-                match dir.filter(|d| d.is_dir()) {
+                match dir.as_deref().map(under_data).filter(|d| d.is_dir()) {
                     Some(d) => cmd.arg(flag).arg(d),
                     None => cmd.arg(flag).arg("off"),
                 };
